@@ -1,0 +1,46 @@
+"""The ``backend`` fixture: every conformance test runs once per selected backend."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import selected_backends
+from tests.support.backends import REGISTRY, Backend
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" in metafunc.fixturenames:
+        metafunc.parametrize("backend_name", selected_backends(metafunc.config), scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend_factory(request: pytest.FixtureRequest, backend_name: str) -> Iterator[object]:
+    _, factory = REGISTRY[backend_name]
+    with contextlib.ExitStack() as stack:
+        yield stack.enter_context(factory(request.config))
+
+
+@pytest.fixture
+def backend(backend_name: str, backend_factory: object) -> Iterator[Backend]:
+    made = Backend(backend_name, backend_factory)  # type: ignore[arg-type]
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+@pytest.fixture
+def held_fifo(tmp_path) -> Iterator[str]:
+    """A FIFO path for stdin whose write end the test holds open (no EOF until close_io)."""
+    import os
+
+    path = str(tmp_path / "stdin.fifo")
+    os.mkfifo(path)
+    writer = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        yield path
+    finally:
+        os.close(writer)

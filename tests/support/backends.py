@@ -1,0 +1,81 @@
+"""The backends the conformance suite runs against, by name.
+
+A backend makes execs through one creation call and cleans up after each
+test. Later backends register here; no conformance test names a backend.
+Which backends run: ``--backend NAME`` (repeatable) or ``UVMEXEC_BACKENDS``
+(comma-separated); by default every backend that needs no VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from common import Exec, ProcessSpec, Stdio
+from common.errors import ExecError
+
+_ids = itertools.count()
+
+
+class Backend:
+    """Creates execs for one test and force-exits and deletes whatever the test left."""
+
+    def __init__(self, name: str, create: Callable[..., Exec]) -> None:
+        self.name = name
+        self._create = create
+        self._made: list[Exec] = []
+
+    def new_ids(self) -> tuple[str, str]:
+        """A task id / exec id pair unique within this backend's life."""
+        number = next(_ids)
+        return f"task-{self.name}-{number}", f"exec-{number}"
+
+    def create(self, spec: ProcessSpec, stdio: Stdio | None = None, *, task_id: str | None = None,
+               exec_id: str | None = None, **options: Any) -> Exec:
+        """Create an exec (ids made up unless given); it is cleaned up after the test."""
+        if task_id is None or exec_id is None:
+            fresh_task, fresh_exec = self.new_ids()
+            task_id = task_id or fresh_task
+            exec_id = exec_id or fresh_exec
+        made = self._create(task_id, exec_id, spec, stdio, **options)
+        self._made.append(made)
+        return made
+
+    def run(self, args: list[str], **options: Any) -> Exec:
+        """Create, start and return an exec of ``args`` with stdio discarded."""
+        made = self.create(ProcessSpec(args=args), Stdio())
+        made.start()
+        return made
+
+    def cleanup(self) -> None:
+        for made in self._made:
+            with contextlib.suppress(ExecError):
+                made.force_exit(255)
+            with contextlib.suppress(ExecError):
+                made.delete()
+        self._made.clear()
+
+
+BackendFactory = Callable[[Any], "contextlib.AbstractContextManager[Callable[..., Exec]]"]
+
+#: name -> (needs_vm, factory). A factory is a context manager (session-scoped)
+#: yielding the creation callable: create(task_id, exec_id, spec, stdio, **options).
+REGISTRY: dict[str, tuple[bool, Callable[[Any], Any]]] = {}
+
+
+def register(name: str, *, needs_vm: bool = False) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    def decorate(factory: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        REGISTRY[name] = (needs_vm, factory)
+        return factory
+
+    return decorate
+
+
+@register("local")
+@contextlib.contextmanager
+def _local(config: Any) -> Iterator[Callable[..., Exec]]:
+    from host_proxy import LocalExec
+
+    yield LocalExec
