@@ -1,10 +1,57 @@
-"""``uvm-agent``: the agent daemon's command line."""
+"""``uvm-agent`` (also ``python -m guest_agent``): the agent daemon's command line.
+
+Runs as an ordinary service or as PID 1 of a small VM; either way it reaps
+every orphan. SIGTERM or SIGINT stops it after killing what it runs.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import signal
 import sys
+
+from .auth import KeyFileError
+from .server import Agent
+
+log = logging.getLogger("guest_agent")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="uvm-agent", description="The uvmexec guest agent.")
+    parser.add_argument("--listen", action="append", required=True, metavar="ENDPOINT",
+                        help="ipc:///path or tcp://host:port to listen on (repeatable)")
+    parser.add_argument("--server-key", metavar="SECRET_CERT",
+                        help="the agent's zmq.auth secret certificate (CURVE on tcp)")
+    parser.add_argument("--authorized-keys", metavar="DIR",
+                        help="directory of client public certificates (*.key) admitted over CURVE")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow plaintext tcp without CURVE (trusted networks only)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("uvm-agent: not yet implemented (see the wire issue)", file=sys.stderr)
-    return 2
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="uvm-agent: %(levelname)s %(name)s: %(message)s")
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        agent = Agent(loop, args.listen, server_key=args.server_key, authorized_keys=args.authorized_keys,
+                      insecure=args.insecure)
+    except (ValueError, KeyFileError) as error:
+        print(f"uvm-agent: {error}", file=sys.stderr)
+        return 2
+    stopping = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stopping.done() or stopping.set_result(None))
+    log.info("listening on %s (boot %s)", ", ".join(agent.endpoints), agent.boot_id)
+    # The line tests and launchers wait for: every endpoint is bound.
+    print(f"uvm-agent ready {' '.join(agent.endpoints)}", flush=True)
+    try:
+        loop.run_until_complete(stopping)
+    finally:
+        agent.close()
+        loop.close()
+    return 0

@@ -128,6 +128,8 @@ class ExecCore:
         self._exit_listeners: list[Callable[[ExecStatus], None]] = []
         self._exited: asyncio.Future[ExecStatus] = self.loop.create_future()
         self.deleted = False
+        #: True once force_exit ended a running process (its output was not drained).
+        self.forced = False
         self.snapshot = self._make_snapshot()
 
     # -- state ---------------------------------------------------------------
@@ -307,6 +309,8 @@ class ExecCore:
 
     def close_io(self) -> None:
         self._check_live()
+        if self._stdin is not None and self._stdin.end():
+            return
         self._stdin_stop.set()
 
     async def wait(self) -> ExecStatus:
@@ -323,6 +327,7 @@ class ExecCore:
             self._finish(status, utc_now(), op="force_exit")
             return
         assert self._watch is not None
+        self.forced = True
         try:
             os.killpg(self._pid, signal_module.SIGKILL)
         except ProcessLookupError:

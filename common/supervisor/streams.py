@@ -95,6 +95,15 @@ class InputSource(abc.ABC):
     def close(self) -> None:
         """Stop reading and release the source; a pending ``read`` is cancelled by its caller."""
 
+    def end(self) -> bool:
+        """``close_io`` arrived: True if the source itself ends after what it holds.
+
+        A source fed from elsewhere (the wire) knows which bytes were already
+        taken on the far side and ends after them; a local source returns
+        False and the pump is stopped after its current chunk instead.
+        """
+        return False
+
 
 class _Blocker:
     """A blocking ``open`` of a FIFO, run in a thread, that can be abandoned.

@@ -79,3 +79,42 @@ def _local(config: Any) -> Iterator[Callable[..., Exec]]:
     from host_proxy import LocalExec
 
     yield LocalExec
+
+
+@register("agent-ipc")
+@contextlib.contextmanager
+def _agent_ipc(config: Any) -> Iterator[Callable[..., Exec]]:
+    import shutil
+
+    from host_proxy import AgentClient
+    from tests.support.agent import AgentProcess, private_directory
+
+    directory = private_directory("uvm-agent-ipc-")
+    agent = AgentProcess([f"ipc://{directory}/agent.sock"]).start()
+    try:
+        with AgentClient.connect(agent.endpoints[0], timeout=10) as client:
+            yield client.create_exec
+    finally:
+        agent.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@register("agent-tcp")
+@contextlib.contextmanager
+def _agent_tcp(config: Any) -> Iterator[Callable[..., Exec]]:
+    import shutil
+
+    from host_proxy import AgentClient
+    from tests.support.agent import AgentProcess, Keys, private_directory
+
+    directory = private_directory("uvm-agent-tcp-")
+    keys = Keys.create(directory)
+    agent = AgentProcess(["tcp://127.0.0.1:0"], ["--server-key", keys.agent_secret,
+                                                   "--authorized-keys", keys.authorized]).start()
+    try:
+        with AgentClient.connect(agent.endpoints[0], server_key=keys.agent_public,
+                                 client_key=keys.client_secret, timeout=10) as client:
+            yield client.create_exec
+    finally:
+        agent.stop()
+        shutil.rmtree(directory, ignore_errors=True)

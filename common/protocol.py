@@ -1,0 +1,255 @@
+"""The wire codec: message shapes, limits, and validation. No I/O.
+
+Every message is a ZeroMQ multipart message whose first frame is a msgpack
+map (the header) and whose optional second frame is raw bytes (stdin or
+output data, sent without copying). PROTOCOL.md in the project root is the
+reference; this module is its executable form, shared by host and agent.
+
+Decoding never trusts the peer: sizes are capped in the msgpack decoder
+itself, every field is type- and range-checked, and any violation raises
+:class:`~common.errors.InvalidArgumentError` naming the field.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from .errors import InvalidArgumentError
+from .spec import MAX_ID_BYTES, MAX_PATH_BYTES, MAX_TERMINAL_DIM, ProcessSpec, check_int, check_text
+from .state import ExecState, ExecStatus
+
+#: Protocol versions this code speaks, newest last.
+VERSIONS = (1,)
+
+#: Largest header frame accepted (a full spec with 2 MiB of args/env fits).
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+#: Largest data frame (stdin or output chunk).
+MAX_CHUNK_BYTES = 256 * 1024
+#: ZMQ_MAXMSGSIZE for the agent's sockets: a peer sending more is disconnected.
+MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + MAX_CHUNK_BYTES
+#: Bytes of one stream that may be sent and not yet acknowledged.
+DEFAULT_WINDOW = 1024 * 1024
+MAX_REQUEST_ID = 2**63 - 1
+MAX_SEQ = 2**63 - 1
+MAX_HANDLE = 2**63 - 1
+MAX_LIST_ENTRIES = 100_000
+MAX_DRAIN_TIMEOUT = 3600.0
+
+STDOUT, STDERR = 1, 2
+STREAMS = (STDOUT, STDERR)
+
+_UNPACK_LIMITS = {
+    "raw": False,
+    "strict_map_key": True,
+    "use_list": True,
+    "max_str_len": MAX_HEADER_BYTES,
+    "max_bin_len": MAX_HEADER_BYTES,
+    "max_array_len": MAX_LIST_ENTRIES,
+    "max_map_len": 4096,
+    "max_ext_len": 0,
+}
+
+
+def _bad(field: str, problem: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"invalid message: {field}: {problem}")
+
+
+def pack(header: dict[str, Any]) -> bytes:
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def unpack(frame: bytes | memoryview) -> dict[str, Any]:
+    """Decode a header frame; anything but a size-limited msgpack map raises InvalidArgumentError."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise _bad("header", f"{len(frame)} bytes, more than the limit of {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(frame, **_UNPACK_LIMITS)
+    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        raise _bad("header", f"not valid msgpack ({type(error).__name__}: {str(error)[:200]})") from None
+    if not isinstance(header, dict):
+        raise _bad("header", f"must be a map, not {type(header).__name__}")
+    return header
+
+
+# -- field checkers ------------------------------------------------------------
+
+
+def get_int(message: dict[str, Any], field: str, low: int, high: int, default: int | None = None) -> int:
+    if field not in message:
+        if default is not None:
+            return default
+        raise _bad(field, "is required")
+    try:
+        return check_int(message[field], field, low, high)
+    except InvalidArgumentError as error:
+        raise _bad(field, str(error).split(": ", 2)[-1]) from None
+
+
+def get_str(message: dict[str, Any], field: str, max_bytes: int, *, allow_empty: bool = False,
+            default: str | None = None) -> str:
+    if field not in message:
+        if default is not None:
+            return default
+        raise _bad(field, "is required")
+    try:
+        return check_text(message[field], field, max_bytes=max_bytes, allow_empty=allow_empty)
+    except InvalidArgumentError as error:
+        raise _bad(field, str(error).split(": ", 2)[-1]) from None
+
+
+def get_bool(message: dict[str, Any], field: str, default: bool | None = None) -> bool:
+    if field not in message:
+        if default is not None:
+            return default
+        raise _bad(field, "is required")
+    value = message[field]
+    if not isinstance(value, bool):
+        raise _bad(field, f"must be a boolean, not {type(value).__name__}")
+    return value
+
+
+def get_number(message: dict[str, Any], field: str, low: float, high: float, default: float) -> float:
+    if field not in message:
+        return default
+    value = message[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise _bad(field, f"must be a number in [{low}, {high}]")
+    return float(value)
+
+
+def get_map(message: dict[str, Any], field: str) -> dict[str, Any]:
+    value = message.get(field)
+    if not isinstance(value, dict):
+        raise _bad(field, "is required and must be a map")
+    return value
+
+
+def get_list(message: dict[str, Any], field: str, max_count: int) -> list[Any]:
+    value = message.get(field)
+    if not isinstance(value, list):
+        raise _bad(field, "is required and must be a list")
+    if len(value) > max_count:
+        raise _bad(field, f"has {len(value)} entries, more than the limit of {max_count}")
+    return value
+
+
+def get_exec_ids(message: dict[str, Any]) -> tuple[str, str]:
+    return (
+        get_str(message, "task", MAX_ID_BYTES),
+        get_str(message, "exec", MAX_ID_BYTES),
+    )
+
+
+def get_seqs(message: dict[str, Any], field: str) -> tuple[int, int]:
+    """A pair of per-stream sequence numbers (-1: nothing yet)."""
+    value = get_list(message, field, 2)
+    if len(value) != 2:
+        raise _bad(field, "must hold two sequence numbers")
+    return (check_int(value[0], field, -1, MAX_SEQ), check_int(value[1], field, -1, MAX_SEQ))
+
+
+# -- requests --------------------------------------------------------------------
+
+
+class CreateArgs:
+    """A decoded ``create`` request."""
+
+    __slots__ = ("task_id", "exec_id", "spec", "bundle", "stdin", "stdout", "stderr", "paths", "drain_timeout")
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        self.task_id, self.exec_id = get_exec_ids(message)
+        self.spec = ProcessSpec.from_oci(get_map(message, "spec"))
+        self.bundle = get_str(message, "bundle", MAX_PATH_BYTES, allow_empty=True, default="")
+        stdio = get_map(message, "stdio")
+        self.stdin = get_bool(stdio, "stdin", False)
+        self.stdout = get_bool(stdio, "stdout", False)
+        self.stderr = get_bool(stdio, "stderr", False)
+        paths = get_list(message, "paths", 3) if "paths" in message else ["", "", ""]
+        if len(paths) != 3:
+            raise _bad("paths", "must hold three paths (stdin, stdout, stderr)")
+        self.paths = tuple(check_text(path, "paths", max_bytes=MAX_PATH_BYTES) for path in paths)
+        self.drain_timeout = get_number(message, "drain_timeout", 0.0, MAX_DRAIN_TIMEOUT, 2.0)
+        if self.spec.terminal and self.stderr:
+            raise InvalidArgumentError(
+                f"exec: '{self.exec_id}' in task: '{self.task_id}': a terminal exec cannot have a stderr target"
+            )
+
+
+def check_terminal_size(message: dict[str, Any]) -> tuple[int, int]:
+    return (
+        get_int(message, "width", 0, MAX_TERMINAL_DIM),
+        get_int(message, "height", 0, MAX_TERMINAL_DIM),
+    )
+
+
+# -- status ------------------------------------------------------------------------
+
+
+def datetime_to_wire(moment: datetime.datetime | None) -> int | None:
+    """Microseconds since the Unix epoch (exact for Python datetimes), or None."""
+    if moment is None:
+        return None
+    delta = moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def datetime_from_wire(value: object, field: str = "exited_at") -> datetime.datetime | None:
+    if value is None:
+        return None
+    micros = check_int(value, field, 0, 2**62)
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    return epoch + datetime.timedelta(microseconds=micros)
+
+
+def status_to_wire(status: ExecStatus) -> dict[str, Any]:
+    return {
+        "task": status.id,
+        "exec": status.exec_id,
+        "bundle": status.bundle,
+        "pid": status.pid,
+        "state": status.status.value,
+        "stdin": status.stdin,
+        "stdout": status.stdout,
+        "stderr": status.stderr,
+        "terminal": status.terminal,
+        "exit_status": status.exit_status,
+        "exited_at": datetime_to_wire(status.exited_at),
+    }
+
+
+def status_from_wire(message: object) -> ExecStatus:
+    if not isinstance(message, dict):
+        raise _bad("status", "must be a map")
+    state = get_str(message, "state", 16)
+    try:
+        exec_state = ExecState(state)
+    except ValueError:
+        raise _bad("state", f"unknown state {state!r}") from None
+    return ExecStatus(
+        id=get_str(message, "task", MAX_ID_BYTES),
+        exec_id=get_str(message, "exec", MAX_ID_BYTES),
+        bundle=get_str(message, "bundle", MAX_PATH_BYTES, allow_empty=True),
+        pid=get_int(message, "pid", 0, 2**31),
+        status=exec_state,
+        stdin=get_str(message, "stdin", MAX_PATH_BYTES, allow_empty=True),
+        stdout=get_str(message, "stdout", MAX_PATH_BYTES, allow_empty=True),
+        stderr=get_str(message, "stderr", MAX_PATH_BYTES, allow_empty=True),
+        terminal=get_bool(message, "terminal"),
+        exit_status=get_int(message, "exit_status", 0, 255),
+        exited_at=datetime_from_wire(message.get("exited_at")),
+    )
+
+
+def choose_version(offered: object) -> int | None:
+    """The newest version both sides speak, or None."""
+    if not isinstance(offered, list):
+        raise _bad("versions", "must be a list of integers")
+    common = [v for v in offered if isinstance(v, int) and not isinstance(v, bool) and v in VERSIONS]
+    return max(common) if common else None
+
+
+Handler = Callable[..., Any]

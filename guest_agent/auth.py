@@ -1,0 +1,95 @@
+"""Who may talk to the agent: CURVE keys, checked by a ZAP handler on the agent's own loop.
+
+libzmq asks the ZAP handler bound at ``inproc://zeromq.zap.01`` about every
+CURVE handshake. Answering it on the event loop (rather than pyzmq's
+authenticator thread) keeps the agent single-threaded and small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+
+import zmq
+import zmq.auth
+
+from common.zmqloop import LoopSocket
+
+log = logging.getLogger(__name__)
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+
+
+class KeyFileError(ValueError):
+    """A key file or directory that cannot be used; the message names it."""
+
+
+def load_server_secret(path: str) -> tuple[bytes, bytes]:
+    """``(public, secret)`` z85 keys from a zmq.auth secret certificate file."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as error:
+        raise KeyFileError(f"cannot read server key {path!r}: {error}") from None
+    if secret is None:
+        raise KeyFileError(f"{path!r} holds no secret key (give the *.key_secret file)")
+    return public, secret
+
+
+def load_authorized_keys(directory: str) -> set[bytes]:
+    """The raw 32-byte public keys of every ``*.key`` certificate in ``directory``."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as error:
+        raise KeyFileError(f"cannot read authorized keys directory {directory!r}: {error.strerror}") from None
+    keys: set[bytes] = set()
+    for name in names:
+        if not name.endswith(".key"):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as error:
+            raise KeyFileError(f"cannot read authorized key {path!r}: {error}") from None
+        keys.add(zmq.utils.z85.decode(public))
+    if not keys:
+        raise KeyFileError(f"no public keys (*.key) in {directory!r}")
+    return keys
+
+
+def fingerprint(raw_key: bytes) -> str:
+    return "SHA256:" + hashlib.sha256(raw_key).hexdigest()[:16]
+
+
+class ZapHandler:
+    """Admits CURVE clients whose public key is authorized; everything else is refused."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, context: zmq.Context, authorized: set[bytes]) -> None:
+        self.authorized = authorized
+        self.refused = 0
+        socket = context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.bind(ZAP_ENDPOINT)
+        self._socket = LoopSocket(loop, socket, self._on_request)
+
+    def _on_request(self, frames: list[zmq.Frame]) -> None:
+        parts = [frame.bytes for frame in frames]
+        # [peer identity, empty, version, request id, domain, address, routing id, mechanism, credentials...]
+        if len(parts) < 8:
+            log.warning("malformed ZAP request with %d frames", len(parts))
+            return
+        envelope, version, request_id = parts[:2], parts[2], parts[3]
+        address, mechanism, credentials = parts[5], parts[7], parts[8:]
+        if mechanism == b"CURVE" and credentials and credentials[0] in self.authorized:
+            status, text = b"200", b"OK"
+        else:
+            self.refused += 1
+            status, text = b"400", b"key not authorized"
+            offered = fingerprint(credentials[0]) if credentials else "no key"
+            log.warning("refused %s client from %s (%s)", mechanism.decode(errors="replace"),
+                        address.decode(errors="replace"), offered)
+        self._socket.send([*envelope, version, request_id, status, text, b"", b""])
+
+    def close(self) -> None:
+        self._socket.close()

@@ -1,0 +1,114 @@
+"""One exec as the agent holds it: the common ExecCore plus the wire ends of its stdio.
+
+The exec belongs to one session at a time (its creator, or whoever attached
+last); output chunks, stdin acknowledgements and the exit record go to that
+session. The exit record stays until the exec is deleted, so a client that
+reconnects or attaches later still learns how it ended.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from common import protocol
+from common.protocol import STDERR, STDOUT, CreateArgs
+from common.state import ExecStatus
+from common.supervisor import ExecCore, Supervisor
+
+from .wire_stdio import WireSink, WireSource
+
+if TYPE_CHECKING:
+    from .server import Session
+
+
+class AgentExec:
+    """An exec, its wire stdio, and the session it reports to."""
+
+    def __init__(self, supervisor: Supervisor, handle: int, owner: Session, args: CreateArgs, window: int) -> None:
+        self.handle = handle
+        self.owner: Session | None = None
+        self.set_owner(owner)
+        chunk = min(protocol.MAX_CHUNK_BYTES, 128 * 1024)
+        self.sinks: dict[int, WireSink] = {}
+        if args.stdout:
+            self.sinks[STDOUT] = WireSink(lambda seq, data: self._send_chunk(STDOUT, seq, data), window, chunk)
+        if args.stderr:
+            self.sinks[STDERR] = WireSink(lambda seq, data: self._send_chunk(STDERR, seq, data), window, chunk)
+        self.stdin = WireSource(self._send_stdin_ack, window) if args.stdin else None
+        self.exit_header: dict[str, Any] | None = None
+        self.core = ExecCore(
+            supervisor,
+            args.task_id,
+            args.exec_id,
+            args.spec,
+            stdin=self.stdin,
+            stdout=self.sinks.get(STDOUT),
+            stderr=self.sinks.get(STDERR),
+            stdio_paths=args.paths,  # type: ignore[arg-type]
+            bundle=args.bundle,
+            drain_timeout=args.drain_timeout,
+        )
+        self.core.add_exit_listener(self._on_exit)
+
+    def set_owner(self, session: Session | None) -> None:
+        if self.owner is not None:
+            self.owner.owned.discard(self)
+        self.owner = session
+        if session is not None:
+            session.owned.add(self)
+
+    def _send(self, frames: list[Any]) -> None:
+        if self.owner is not None:
+            self.owner.send(frames)
+
+    def _send_chunk(self, stream: int, seq: int, data: bytes) -> None:
+        self._send([protocol.pack({"ev": "out", "h": self.handle, "s": stream, "q": seq}), data])
+
+    def _send_stdin_ack(self, seq: int) -> None:
+        self._send([protocol.pack({"ev": "stdin_ack", "h": self.handle, "q": seq})])
+
+    def _on_exit(self, status: ExecStatus) -> None:
+        self.exit_header = {
+            "ev": "exited",
+            "h": self.handle,
+            "status": status.exit_status,
+            "at": protocol.datetime_to_wire(status.exited_at),
+            "pid": status.pid,
+            "started": status.pid != 0,
+            "forced": self.core.forced,
+            "q": self.last_seqs(),
+        }
+        self._send([protocol.pack(self.exit_header)])
+
+    def last_seqs(self) -> list[int]:
+        return [self.sinks[stream].last_seq if stream in self.sinks else -1 for stream in (STDOUT, STDERR)]
+
+    def first_unacked(self) -> list[int]:
+        """Per stream, the sequence number of the oldest chunk a new reader has not seen."""
+        firsts = []
+        for stream in (STDOUT, STDERR):
+            sink = self.sinks.get(stream)
+            firsts.append(sink.last_seq + 1 - sink.unacked_chunks if sink is not None else 0)
+        return firsts
+
+    def ack(self, stream: int, seq: int) -> None:
+        sink = self.sinks.get(stream)
+        if sink is not None:
+            sink.ack(seq)
+
+    def replay(self, acked: tuple[int, int] | list[int]) -> None:
+        """Resend output the owner has not acknowledged, then the exit record if there is one."""
+        for stream, after in zip((STDOUT, STDERR), acked, strict=False):
+            sink = self.sinks.get(stream)
+            if sink is not None:
+                sink.ack(after)
+                sink.replay(after)
+        if self.exit_header is not None:
+            self._send([protocol.pack(self.exit_header)])
+
+    def release(self) -> None:
+        """The exec was deleted: drop what is held for it."""
+        for sink in self.sinks.values():
+            sink.abort()
+        if self.stdin is not None:
+            self.stdin.close()

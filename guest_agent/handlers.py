@@ -1,0 +1,189 @@
+"""The agent's operations: decode -> validate -> call the exec core -> encode.
+
+``REQUESTS`` maps each op to a handler returning the reply's result (or a
+:class:`Then` when something must be sent after the reply); errors are
+``ExecError``\\ s, turned into error replies by the server. ``NOTIFICATIONS``
+are the ops that get no reply (acknowledgements, stdin data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from common import protocol
+from common.errors import InvalidArgumentError, UnavailableError, already_exists_error, not_found_error
+from common.protocol import STREAMS, CreateArgs
+
+from .execs import AgentExec
+
+if TYPE_CHECKING:
+    from .server import Agent, Session
+
+
+@dataclass
+class Then:
+    """A result, and what to send once the reply is out (replayed output, exit records)."""
+
+    result: Any
+    after: Callable[[], None]
+
+
+def _lookup(agent: Agent, message: dict[str, Any]) -> AgentExec:
+    task_id, exec_id = protocol.get_exec_ids(message)
+    record = agent.execs.get((task_id, exec_id))
+    if record is None:
+        raise not_found_error(task_id, exec_id)
+    return record
+
+
+def op_ping(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def op_create(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    args = CreateArgs(message)
+    key = (args.task_id, args.exec_id)
+    if key in agent.execs:
+        raise already_exists_error(*key)
+    if len(agent.execs) >= agent.max_execs:
+        raise UnavailableError(f"the agent already tracks {len(agent.execs)} execs; delete some first")
+    record = AgentExec(agent.supervisor, agent.new_handle(), session, args, agent.window)
+    agent.execs[key] = record
+    agent.handles[record.handle] = record
+    return {"h": record.handle}
+
+
+def op_start(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    record = _lookup(agent, message)
+    record.core.start()
+    return {"pid": record.core.snapshot.pid}
+
+
+def op_kill(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    record = _lookup(agent, message)
+    record.core.kill(message.get("signal"), protocol.get_bool(message, "all", False))
+    return {}
+
+
+def op_resize(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    record = _lookup(agent, message)
+    record.core.resize_pty(message.get("width"), message.get("height"))
+    return {}
+
+
+def op_close_io(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    record = _lookup(agent, message)
+    last_sent = protocol.get_int(message, "q", -1, protocol.MAX_SEQ, default=-1)
+    if record.stdin is not None:
+        record.stdin.end_after(last_sent)
+    record.core.close_io()
+    return {}
+
+
+def op_status(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    return protocol.status_to_wire(_lookup(agent, message).core.status())
+
+
+def op_force_exit(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    _lookup(agent, message).core.force_exit(message.get("status"))
+    return {}
+
+
+def op_delete(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    record = _lookup(agent, message)
+    final = record.core.delete()
+    agent.forget_exec(record)
+    return protocol.status_to_wire(final)
+
+
+def op_list(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    return {"execs": [protocol.status_to_wire(record.core.snapshot) for record in agent.execs.values()]}
+
+
+def op_attach(agent: Agent, session: Session, message: dict[str, Any]) -> Then:
+    """Take over an exec: its unacknowledged output and exit record now go to this session."""
+    record = _lookup(agent, message)
+    record.set_owner(session)
+    firsts = record.first_unacked()
+    result = {
+        "h": record.handle,
+        "status": protocol.status_to_wire(record.core.status()),
+        "stdio": {
+            "stdin": record.stdin is not None,
+            "stdout": protocol.STDOUT in record.sinks,
+            "stderr": protocol.STDERR in record.sinks,
+        },
+        "first": firsts,
+        "stdin_q": record.stdin.last_received if record.stdin is not None else -1,
+    }
+    return Then(result, lambda: record.replay([first - 1 for first in firsts]))
+
+
+def op_resync(agent: Agent, session: Session, message: dict[str, Any]) -> Then:
+    """After a reconnect: which execs still exist, and replay of what the host has not acknowledged."""
+    entries = protocol.get_list(message, "execs", agent.max_execs)
+    known, replays = [], []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise InvalidArgumentError(f"invalid message: execs[{index}]: must be a map")
+        handle = protocol.get_int(entry, "h", 0, protocol.MAX_HANDLE)
+        acked = protocol.get_seqs(entry, "acked")
+        record = agent.handles.get(handle)
+        if record is None:
+            known.append({"h": handle, "known": False})
+            continue
+        record.set_owner(session)
+        known.append({"h": handle, "known": True,
+                      "stdin_q": record.stdin.last_received if record.stdin is not None else -1})
+        replays.append((record, acked))
+    session.drop_pending()
+
+    def replay_all() -> None:
+        for record, acked in replays:
+            record.replay(acked)
+
+    return Then({"execs": known}, replay_all)
+
+
+def note_ack(agent: Agent, session: Session, message: dict[str, Any], payload: memoryview | None) -> None:
+    record = agent.handles.get(protocol.get_int(message, "h", 0, protocol.MAX_HANDLE))
+    stream = protocol.get_int(message, "s", 1, 2)
+    seq = protocol.get_int(message, "q", -1, protocol.MAX_SEQ)
+    if record is not None and record.owner is session and stream in STREAMS:
+        record.ack(stream, seq)
+
+
+def note_stdin(agent: Agent, session: Session, message: dict[str, Any], payload: memoryview | None) -> None:
+    record = agent.handles.get(protocol.get_int(message, "h", 0, protocol.MAX_HANDLE))
+    seq = protocol.get_int(message, "q", 0, protocol.MAX_SEQ)
+    if record is None or record.owner is not session or record.stdin is None:
+        return
+    record.stdin.feed(seq, bytes(payload) if payload is not None else b"")
+
+
+def note_bye(agent: Agent, session: Session, message: dict[str, Any], payload: memoryview | None) -> None:
+    agent.forget_session(session)
+
+
+REQUESTS: dict[str, Callable[..., Any]] = {
+    "ping": op_ping,
+    "create": op_create,
+    "start": op_start,
+    "kill": op_kill,
+    "resize": op_resize,
+    "close_io": op_close_io,
+    "status": op_status,
+    "force_exit": op_force_exit,
+    "delete": op_delete,
+    "list": op_list,
+    "attach": op_attach,
+    "resync": op_resync,
+}
+
+NOTIFICATIONS: dict[str, Callable[..., None]] = {
+    "ack": note_ack,
+    "stdin": note_stdin,
+    "bye": note_bye,
+}

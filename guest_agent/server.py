@@ -1,0 +1,369 @@
+"""The agent's request loop: ROUTER sockets, sessions, and the execs they own.
+
+Everything runs on one asyncio loop in the main thread: the sockets, the ZAP
+handler, the supervisor's reaper and pumps. A message is decoded, validated
+and dispatched through :data:`guest_agent.handlers.REQUESTS` (or
+``NOTIFICATIONS``) without creating a task; handlers are synchronous and
+thin. Nothing a peer sends can raise out of :meth:`Agent._on_message`: bad
+input gets an error reply (or is dropped when it cannot be answered) and the
+agent keeps serving everyone else.
+
+A *session* is one client's conversation. It is named by the client in
+``hello`` and survives reconnects, so output and exits that happened while a
+connection was down are replayed to the same session when it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import stat
+import uuid
+from typing import Any
+
+import zmq
+
+from common import protocol
+from common.errors import (
+    ExecError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnimplementedError,
+)
+from common.supervisor import Supervisor
+from common.zmqloop import LoopSocket
+
+from . import handlers
+from .auth import ZapHandler, load_authorized_keys, load_server_secret
+from .execs import AgentExec
+
+log = logging.getLogger(__name__)
+
+AGENT_NAME = "uvmexec-agent/0.1.0"
+#: Replies remembered per session, so a request resent after a reconnect is answered, not redone.
+REPLY_CACHE = 1024
+#: Messages held for a session that cannot take them right now.
+MAX_OUTBOX = 65536
+MAX_SESSIONS = 1024
+MAX_EXECS = 20000
+_RETRY_FIRST, _RETRY_MAX = 0.01, 1.0
+
+
+class Session:
+    """One client's conversation with the agent; survives reconnects."""
+
+    def __init__(self, session_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.id = session_id
+        self.loop = loop
+        self.version = 0
+        self.listener: LoopSocket | None = None
+        self.routing_id: bytes | None = None
+        self.outbox: collections.deque[list[Any]] = collections.deque()
+        self.replies: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
+        self.highest_request = -1
+        self.owned: set[AgentExec] = set()
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = _RETRY_FIRST
+        self._overflow_logged = False
+
+    def send(self, frames: list[Any]) -> None:
+        """Send to this session's current connection, holding what it cannot take yet."""
+        if self.listener is None or self.routing_id is None:
+            return  # not connected: resync replays output and exits
+        if not self.outbox and self.listener.send([self.routing_id, *frames]):
+            return
+        if len(self.outbox) >= MAX_OUTBOX:
+            self.outbox.popleft()
+            if not self._overflow_logged:
+                log.warning("session %s is not reading; dropping its oldest messages", self.id)
+                self._overflow_logged = True
+        self.outbox.append(frames)
+        self._schedule_retry()
+
+    def flush(self) -> None:
+        while self.outbox and self.listener is not None and self.routing_id is not None:
+            if not self.listener.send([self.routing_id, *self.outbox[0]]):
+                self._schedule_retry()
+                return
+            self.outbox.popleft()
+        self._retry_delay = _RETRY_FIRST
+        self._overflow_logged = False
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None:
+            self._retry = self.loop.call_later(self._retry_delay, self._retry_now)
+            self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self.flush()
+
+    def reply(self, request_id: int, header: dict[str, Any]) -> None:
+        frames = [protocol.pack(header)]
+        self.replies[request_id] = frames
+        while len(self.replies) > REPLY_CACHE:
+            self.replies.popitem(last=False)
+        self.send(frames)
+
+    def drop_pending(self) -> None:
+        """A resync replays what matters; anything still held is stale."""
+        self.outbox.clear()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._retry_delay = _RETRY_FIRST
+
+
+class Agent:
+    """The agent: listens, authenticates, and runs execs for its sessions."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        listen: list[str],
+        *,
+        server_key: str | None = None,
+        authorized_keys: str | None = None,
+        insecure: bool = False,
+        window: int = protocol.DEFAULT_WINDOW,
+    ) -> None:
+        self.loop = loop
+        self.boot_id = uuid.uuid4().hex
+        self.window = window
+        self.max_execs = MAX_EXECS
+        self.supervisor = Supervisor(loop, reap_orphans=True)
+        self.context = zmq.Context()
+        self.sessions: dict[str, Session] = {}
+        self.routes: dict[tuple[int, bytes], Session] = {}
+        self.execs: dict[tuple[str, str], AgentExec] = {}
+        self.handles: dict[int, AgentExec] = {}
+        self._next_handle = 1
+        self._listeners: list[LoopSocket] = []
+        self._zap: ZapHandler | None = None
+        self.endpoints: list[str] = []
+        try:
+            self._listen(listen, server_key, authorized_keys, insecure)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- sockets -------------------------------------------------------------
+
+    def _listen(self, endpoints: list[str], server_key: str | None, authorized_keys: str | None,
+                insecure: bool) -> None:
+        curve: tuple[bytes, bytes] | None = None
+        if server_key or authorized_keys:
+            if not (server_key and authorized_keys):
+                raise ValueError("--server-key and --authorized-keys go together")
+            curve = load_server_secret(server_key)
+            self._zap = ZapHandler(self.loop, self.context, load_authorized_keys(authorized_keys))
+        for endpoint in endpoints:
+            socket = self.context.socket(zmq.ROUTER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+            socket.setsockopt(zmq.SNDHWM, 100_000)
+            socket.setsockopt(zmq.RCVHWM, 10_000)
+            if endpoint.startswith("tcp://"):
+                if curve is not None:
+                    socket.setsockopt(zmq.CURVE_SERVER, 1)
+                    socket.setsockopt(zmq.CURVE_PUBLICKEY, curve[0])
+                    socket.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
+                elif not insecure:
+                    socket.close()
+                    raise ValueError(f"{endpoint}: tcp needs --server-key and --authorized-keys (or --insecure)")
+                socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+                socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+            elif endpoint.startswith("ipc://"):
+                _check_private_directory(endpoint[len("ipc://"):])
+            else:
+                socket.close()
+                raise ValueError(f"{endpoint}: only ipc:// and tcp:// endpoints can be listened on")
+            try:
+                socket.bind(endpoint)
+            except zmq.ZMQError as error:
+                socket.close()
+                raise ValueError(f"cannot listen on {endpoint}: {error}") from None
+            index = len(self._listeners)
+            listener = LoopSocket(self.loop, socket, lambda frames, index=index: self._on_message(index, frames))
+            self._listeners.append(listener)
+            self.endpoints.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def close(self) -> None:
+        """Kill every running exec's process group, close the sockets."""
+        self.supervisor.close()
+        for listener in self._listeners:
+            listener.close()
+        if self._zap is not None:
+            self._zap.close()
+        self.context.term()
+
+    # -- dispatch ------------------------------------------------------------
+
+    def _on_message(self, index: int, frames: list[zmq.Frame]) -> None:
+        listener = self._listeners[index]
+        routing_id = frames[0].bytes
+        if len(frames) not in (2, 3):
+            self._protocol_error(listener, routing_id, f"expected 1 or 2 frames, got {len(frames) - 1}")
+            return
+        payload = frames[2].buffer if len(frames) == 3 else None
+        if payload is not None and len(payload) > protocol.MAX_CHUNK_BYTES:
+            self._protocol_error(listener, routing_id, f"data frame of {len(payload)} bytes is over the limit")
+            return
+        try:
+            header = protocol.unpack(frames[1].buffer)
+        except InvalidArgumentError as error:
+            self._protocol_error(listener, routing_id, error.message)
+            return
+        session = self.routes.get((index, routing_id))
+        if session is not None:
+            session.flush()
+        op = header.get("op")
+        request_id = header.get("id")
+        if request_id is None:
+            self._on_notification(session, op, header, payload)
+            return
+        if not isinstance(request_id, int) or isinstance(request_id, bool) or not 0 <= request_id <= protocol.MAX_REQUEST_ID:
+            self._protocol_error(listener, routing_id, "id must be an unsigned 63-bit integer")
+            return
+        if op == "hello":
+            session, reply = self._hello(index, routing_id, header)
+            if session is None:
+                listener.send([routing_id, protocol.pack({"id": request_id, **reply})])
+                return
+            session.reply(request_id, {"id": request_id, **reply})
+            return
+        if session is None:
+            # "retry": a client that reconnected to a restarted agent says hello and sorts it out.
+            error = FailedPreconditionError("no session: send hello first")
+            listener.send([routing_id, protocol.pack({"id": request_id, "error": error.to_wire(), "retry": True})])
+            return
+        cached = session.replies.get(request_id)
+        if cached is not None:
+            session.send(cached)  # a resent request: answer again, never redo it
+            return
+        if request_id <= session.highest_request:
+            error = FailedPreconditionError(f"request {request_id} was already handled")
+            session.send([protocol.pack({"id": request_id, "error": error.to_wire()})])
+            return
+        session.highest_request = request_id
+        after = None
+        try:
+            handler = handlers.REQUESTS.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise UnimplementedError(f"unknown op {str(op)[:64]!r}")
+            result = handler(self, session, header)
+            if isinstance(result, handlers.Then):
+                result, after = result.result, result.after
+            reply: dict[str, Any] = {"id": request_id, "result": result}
+        except ExecError as error:
+            reply = {"id": request_id, "error": error.to_wire()}
+        except Exception as error:  # a bug must not take the agent down
+            log.exception("op %r failed", op)
+            reply = {"id": request_id, "error": ExecError(f"internal agent error: {error!r}").to_wire()}
+        session.reply(request_id, reply)
+        if after is not None:
+            after()
+
+    def _on_notification(self, session: Session | None, op: object, header: dict[str, Any],
+                         payload: memoryview | None) -> None:
+        handler = handlers.NOTIFICATIONS.get(op) if isinstance(op, str) else None
+        if session is None or handler is None:
+            log.debug("dropped notification %r from %s", op, "an unknown peer" if session is None else session.id)
+            return
+        try:
+            handler(self, session, header, payload)
+        except ExecError as error:
+            log.warning("dropped %r from session %s: %s", op, session.id, error.message)
+
+    def _protocol_error(self, listener: LoopSocket, routing_id: bytes, message: str) -> None:
+        log.warning("bad message from a client: %s", message)
+        error = InvalidArgumentError(message)
+        listener.send([routing_id, protocol.pack({"ev": "error", "error": error.to_wire()})])
+
+    # -- sessions ------------------------------------------------------------
+
+    def _hello(self, index: int, routing_id: bytes, header: dict[str, Any]) -> tuple[Session | None, dict[str, Any]]:
+        try:
+            version = protocol.choose_version(header.get("versions"))
+            if version is None:
+                raise UnimplementedError(
+                    f"no common protocol version: the agent speaks {list(protocol.VERSIONS)}, "
+                    f"the client offered {header.get('versions')!r}"
+                )
+            session_id = protocol.get_str(header, "session", 64)
+        except ExecError as error:
+            return None, {"error": error.to_wire()}
+        session = self.sessions.get(session_id)
+        if session is None:
+            if len(self.sessions) >= MAX_SESSIONS and not self._evict_idle_session():
+                error = FailedPreconditionError(f"the agent serves the maximum of {MAX_SESSIONS} sessions")
+                return None, {"error": error.to_wire()}
+            session = Session(session_id, self.loop)
+            self.sessions[session_id] = session
+        if session.routing_id is not None:
+            self.routes.pop((self._listeners.index(session.listener), session.routing_id), None)  # type: ignore[arg-type]
+        stale = self.routes.get((index, routing_id))
+        if stale is not None and stale is not session:
+            stale.listener = stale.routing_id = None
+        self.routes[(index, routing_id)] = session
+        session.listener = self._listeners[index]
+        session.routing_id = routing_id
+        session.version = version
+        return session, {
+            "result": {
+                "version": version,
+                "boot_id": self.boot_id,
+                "agent": AGENT_NAME,
+                "pid": os.getpid(),
+                "features": ["resync", "attach", "tty", "stdin"],
+                "window": self.window,
+                "max_chunk": protocol.MAX_CHUNK_BYTES,
+            }
+        }
+
+    def _evict_idle_session(self) -> bool:
+        for _session_id, session in self.sessions.items():
+            if not session.owned:
+                self.forget_session(session)
+                return True
+        return False
+
+    def forget_session(self, session: Session) -> None:
+        session.drop_pending()
+        self.sessions.pop(session.id, None)
+        if session.listener is not None and session.routing_id is not None:
+            self.routes.pop((self._listeners.index(session.listener), session.routing_id), None)
+        for owned in list(session.owned):
+            owned.set_owner(None)
+
+    # -- execs ---------------------------------------------------------------
+
+    def new_handle(self) -> int:
+        handle = self._next_handle
+        self._next_handle += 1
+        return handle
+
+    def forget_exec(self, record: AgentExec) -> None:
+        self.execs.pop((record.core.task_id, record.core.exec_id), None)
+        self.handles.pop(record.handle, None)
+        record.set_owner(None)
+        record.release()
+
+
+def _check_private_directory(path: str) -> None:
+    """An ipc socket must live in a directory only its owner can enter (created 0700 if missing)."""
+    directory = os.path.dirname(os.path.abspath(path)) or "/"
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        mode = os.stat(directory).st_mode
+    except OSError as error:
+        raise ValueError(f"cannot use ipc directory {directory!r}: {error.strerror}") from None
+    if stat.S_IMODE(mode) & 0o077:
+        raise ValueError(
+            f"ipc directory {directory!r} is open to others (mode {stat.S_IMODE(mode):04o}); "
+            "put the socket in a directory with mode 0700"
+        )

@@ -1,0 +1,282 @@
+"""``AgentClient``: a connection to a uvmexec agent, and the execs made through it.
+
+Thread-safe and synchronous: every call is handed to the shared background
+loop (see :mod:`host_proxy.loop_thread`), which owns the ZeroMQ socket.
+Endpoints: ``ipc:///path`` (a socket in a private directory), ``tcp://host:port``
+(CURVE: the agent's public key is pinned, ours is presented; plaintext only
+with ``insecure=True``), and ``ssh://user@host:port`` (an SSH tunnel made with
+paramiko; see :mod:`host_proxy.ssh_tunnel`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from collections.abc import Callable
+from typing import Any
+
+import zmq.auth
+
+from common import protocol
+from common.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    UnavailableError,
+    already_exists_error,
+)
+from common.spec import ProcessSpec, Stdio
+from common.state import ExecEvent, ExecStatus
+from common.supervisor import DEFAULT_DRAIN_TIMEOUT
+
+from .connection import Connection, CurveKeys
+from .loop_thread import LoopThread, shared_loop
+from .proxied_exec import ProxiedExec
+from .remote_exec import RemoteExec
+from .stdio import check_creation, check_exec_ids, open_stdio
+
+
+def load_curve_keys(server_key: str | os.PathLike[str], client_key: str | os.PathLike[str]) -> CurveKeys:
+    """The agent's public certificate and our secret certificate (pyzmq ``zmq.auth`` files)."""
+    try:
+        server_public, _ = zmq.auth.load_certificate(server_key)
+    except (OSError, ValueError) as error:
+        raise InvalidArgumentError(f"server_key: cannot read {os.fspath(server_key)!r}: {error}") from None
+    try:
+        client_public, client_secret = zmq.auth.load_certificate(client_key)
+    except (OSError, ValueError) as error:
+        raise InvalidArgumentError(f"client_key: cannot read {os.fspath(client_key)!r}: {error}") from None
+    if client_secret is None:
+        raise InvalidArgumentError(f"client_key: {os.fspath(client_key)!r} holds no secret key (give *.key_secret)")
+    return CurveKeys(server_public, client_public, client_secret)
+
+
+class AgentClient:
+    """One connection to an agent; makes and attaches :class:`ProxiedExec`\\ s. Use as a context manager."""
+
+    def __init__(self, connection: Connection, loop_thread: LoopThread, tunnel: Any = None) -> None:
+        self._conn = connection
+        self._loop = loop_thread
+        self._tunnel = tunnel
+        self._closed = False
+
+    @classmethod
+    def connect(
+        cls,
+        endpoint: str,
+        *,
+        server_key: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
+        ssh_key: str | os.PathLike[str] | None = None,
+        known_hosts: str | os.PathLike[str] | None = None,
+        timeout: float = 10.0,
+        reconnect_timeout: float = 30.0,
+    ) -> AgentClient:
+        """Connect and say hello. A refused, unreachable or unauthenticated agent raises
+        ``UnavailableError`` within ``timeout``; one that shares no protocol version
+        raises ``UnimplementedError``."""
+        if not isinstance(endpoint, str):
+            raise InvalidArgumentError(f"endpoint must be a string, not {type(endpoint).__name__}")
+        curve = None
+        if server_key is not None or client_key is not None:
+            if server_key is None or client_key is None:
+                raise InvalidArgumentError("server_key and client_key go together")
+            curve = load_curve_keys(server_key, client_key)
+        tunnel = None
+        zmq_endpoint = endpoint
+        if endpoint.startswith("ssh://"):
+            from .ssh_tunnel import SshTunnel, parse_ssh_endpoint
+
+            if ssh_key is None or known_hosts is None:
+                raise InvalidArgumentError("ssh:// endpoints need ssh_key and known_hosts")
+            tunnel = SshTunnel(parse_ssh_endpoint(endpoint), ssh_key=ssh_key, known_hosts=known_hosts,
+                               timeout=timeout)
+            zmq_endpoint = tunnel.endpoint
+        elif endpoint.startswith("tcp://"):
+            if curve is None and not insecure:
+                raise InvalidArgumentError(
+                    f"{endpoint}: tcp needs server_key and client_key (CURVE), or insecure=True"
+                )
+        elif not endpoint.startswith("ipc://"):
+            raise InvalidArgumentError(f"unsupported endpoint {endpoint!r}: use ipc://, tcp:// or ssh://")
+        loop_thread = shared_loop()
+        connection = Connection(loop_thread, zmq_endpoint, display=endpoint, curve=curve, timeout=timeout,
+                                reconnect_timeout=reconnect_timeout)
+        opened: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        loop_thread.loop.call_soon_threadsafe(connection.open, opened)
+        try:
+            opened.result(timeout + 5)
+        except BaseException:
+            loop_thread.loop.call_soon_threadsafe(connection.close)
+            if tunnel is not None:
+                tunnel.close()
+            raise
+        return cls(connection, loop_thread, tunnel)
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _request(self, op: str, fields: dict[str, Any], on_result: Callable[[Any], None] | None = None) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._loop.loop.call_soon_threadsafe(self._conn.request, op, fields, future, False, on_result)
+        try:
+            # The connection fails every request on its own deadlines; this only guards a stuck loop.
+            return future.result(self._conn.timeout + self._conn.reconnect_timeout + 30)
+        except concurrent.futures.TimeoutError:
+            raise UnavailableError(f"no answer to {op!r} from the agent at {self._conn.display}") from None
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._loop.call(fn, *args)
+
+    # -- public API ---------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return self._conn.display
+
+    @property
+    def boot_id(self) -> str:
+        """The agent's boot id: it changes when the agent restarts."""
+        return self._conn.boot_id or ""
+
+    @property
+    def agent_info(self) -> dict[str, Any]:
+        """What the agent said in ``hello`` (version, features, window, pid)."""
+        return dict(self._conn.agent_info)
+
+    @property
+    def reconnects(self) -> int:
+        return self._conn.reconnects
+
+    def create_exec(
+        self,
+        task_id: str,
+        exec_id: str,
+        spec: ProcessSpec,
+        stdio: Stdio | None = None,
+        *,
+        bundle: str = "",
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        on_event: Callable[[ExecEvent], None] | None = None,
+    ) -> ProxiedExec:
+        """Create an exec on the agent (state CREATED); its stdio targets are on this host."""
+        stdio = check_creation(task_id, exec_id, spec, stdio)
+        if not isinstance(drain_timeout, (int, float)) or not 0 <= drain_timeout <= protocol.MAX_DRAIN_TIMEOUT:
+            raise InvalidArgumentError(f"drain_timeout must be within [0, {protocol.MAX_DRAIN_TIMEOUT:g}] seconds")
+        if self._call(self._find, task_id, exec_id) is not None:
+            raise already_exists_error(task_id, exec_id)
+        ends = open_stdio(stdio)
+        try:
+            result = self._request("create", {
+                "task": task_id,
+                "exec": exec_id,
+                "spec": spec.to_oci(),
+                "bundle": bundle,
+                "stdio": {"stdin": ends.stdin is not None, "stdout": ends.stdout is not None,
+                          "stderr": ends.stderr is not None},
+                "paths": list(ends.paths),
+                "drain_timeout": float(drain_timeout),
+            })
+            handle = protocol.get_int(result, "h", 0, protocol.MAX_HANDLE)
+        except BaseException:
+            ends.release()
+            raise
+        remote = self._call(self._track, RemoteExec(
+            self._conn, handle, task_id, exec_id, bundle=bundle, terminal=spec.terminal, paths=ends.paths,
+            stdin=ends.stdin, stdout=ends.stdout, stderr=ends.stderr, on_event=on_event,
+        ))
+        return ProxiedExec(self, remote)
+
+    def attach(
+        self,
+        task_id: str,
+        exec_id: str,
+        stdio: Stdio | None = None,
+        on_event: Callable[[ExecEvent], None] | None = None,
+    ) -> ProxiedExec:
+        """Take over an exec another (possibly dead) client created on this agent.
+
+        Its status and waiters work, and output not yet delivered flows to the
+        new ``stdio`` targets. ``on_event`` gets the exit (the start already happened).
+        """
+        check_exec_ids(task_id, exec_id)
+        stdio = stdio if stdio is not None else Stdio()
+        if self._call(self._find, task_id, exec_id) is not None:
+            raise already_exists_error(task_id, exec_id)
+        ends = open_stdio(stdio)
+        try:
+            result = self._request("attach", {"task": task_id, "exec": exec_id})
+            status = protocol.status_from_wire(result.get("status"))
+            handle = protocol.get_int(result, "h", 0, protocol.MAX_HANDLE)
+            firsts = protocol.get_seqs(result, "first")
+            stdin_next = protocol.get_int(result, "stdin_q", -1, protocol.MAX_SEQ) + 1
+            remote_has = result.get("stdio") if isinstance(result.get("stdio"), dict) else {}
+        except BaseException:
+            ends.release()
+            raise
+        if not remote_has.get("stdin") and ends.stdin is not None:
+            ends.stdin.close()
+            ends.stdin = None
+        remote = RemoteExec(
+            self._conn, handle, task_id, exec_id, bundle=status.bundle, terminal=status.terminal,
+            paths=(status.stdin, status.stdout, status.stderr), stdin=ends.stdin, stdout=ends.stdout,
+            stderr=ends.stderr, on_event=on_event, first_seqs=(max(firsts[0], 0), max(firsts[1], 0)),
+            stdin_next=stdin_next,
+        )
+        remote.pid = status.pid
+        self._call(self._track_attached, remote, status.status.value == "running")
+        return ProxiedExec(self, remote)
+
+    def list_execs(self) -> list[ExecStatus]:
+        """Every exec the agent tracks (whoever created it)."""
+        result = self._request("list", {})
+        return [protocol.status_from_wire(entry) for entry in protocol.get_list(result, "execs", 10**6)]
+
+    def ping(self) -> None:
+        """One round trip to the agent."""
+        self._request("ping", {})
+
+    def close(self) -> None:
+        """Close the connection. Execs of this client not yet exited are exited here with 255
+        (their processes keep running on the agent; another client can attach to them)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._call(self._conn.close)
+        if self._tunnel is not None:
+            self._tunnel.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- loop-thread helpers ------------------------------------------------------
+
+    def _find(self, task_id: str, exec_id: str) -> RemoteExec | None:
+        for remote in self._conn.execs.values():
+            if remote.task_id == task_id and remote.exec_id == exec_id and not remote.deleted:
+                return remote
+        return None
+
+    def _track(self, remote: RemoteExec) -> RemoteExec:
+        self._conn.execs[remote.handle] = remote
+        return remote
+
+    def _track_attached(self, remote: RemoteExec, running: bool) -> None:
+        self._conn.execs[remote.handle] = remote
+        if running and remote.stdin is not None:
+            remote.stdin.start()
+
+    def _untrack(self, remote: RemoteExec) -> None:
+        remote.deleted = True
+        for stream in remote.streams.values():
+            stream.abort()
+        if remote.stdin is not None:
+            remote.stdin.abort()
+        self._conn.execs.pop(remote.handle, None)
+
+    def _wait_timeout_error(self, remote: RemoteExec, timeout: float | None) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"exec: '{remote.exec_id}' in task: '{remote.task_id}' did not exit within {timeout}s"
+        )

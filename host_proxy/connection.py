@@ -1,0 +1,413 @@
+"""One client's connection to an agent, on the loop thread: requests, events, reconnects.
+
+A single DEALER socket carries every exec of the client. The connection
+survives drops: ZeroMQ reconnects by itself, and on each new handshake the
+connection says ``hello`` again. If the agent still has the same boot id it
+``resync``\\ s — the agent replays unacknowledged output and exit records,
+pending requests are resent under their original ids (the agent answers a
+resent id from its reply cache instead of doing it twice). If the agent
+restarted, or stays away longer than ``reconnect_timeout``, every tracked
+exec is force-exited with 255 and its waiters released.
+
+Loop-thread only; :class:`~host_proxy.client.AgentClient` is the thread-safe face.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from common import protocol
+from common.errors import (
+    ExecError,
+    UnavailableError,
+    UnimplementedError,
+    from_wire,
+)
+from common.zmqloop import LoopSocket
+
+if TYPE_CHECKING:
+    from .loop_thread import LoopThread
+    from .remote_exec import InStream, RemoteExec
+
+log = logging.getLogger(__name__)
+
+_MONITORED = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_DISCONNECTED
+)
+
+
+@dataclass
+class CurveKeys:
+    """Raw z85 keys for a CURVE client: the agent's public key, and ours."""
+
+    server_public: bytes
+    client_public: bytes
+    client_secret: bytes
+
+
+@dataclass
+class _Pending:
+    op: str
+    frames: list[Any]
+    future: concurrent.futures.Future[Any]
+    deadline: float
+    timer: Any = None
+    internal: bool = False
+    on_result: Callable[[Any], None] | None = None
+
+
+class Connection:
+    """The loop-side state of an :class:`~host_proxy.client.AgentClient`."""
+
+    def __init__(
+        self,
+        loop_thread: LoopThread,
+        endpoint: str,
+        *,
+        display: str,
+        curve: CurveKeys | None,
+        timeout: float,
+        reconnect_timeout: float,
+    ) -> None:
+        self.loop_thread = loop_thread
+        self.loop = loop_thread.loop
+        self.endpoint = endpoint
+        self.display = display
+        self.curve = curve
+        self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.session_id = bytes([secrets.randbelow(255) + 1]) + secrets.token_bytes(15)
+        self.state = "connecting"
+        self.boot_id: str | None = None
+        self.agent_info: dict[str, Any] = {}
+        self.window = protocol.DEFAULT_WINDOW
+        self.execs: dict[int, RemoteExec] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 1
+        self._acks: set[InStream] = set()
+        self._ack_scheduled = False
+        self._lost_timer: Any = None
+        self._opened: concurrent.futures.Future[dict[str, Any]] | None = None
+        self._hello_id: int | None = None
+        self.reconnects = 0
+        self._socket: LoopSocket | None = None
+        self._monitor: LoopSocket | None = None
+
+    # -- opening and closing --------------------------------------------------------
+
+    def open(self, opened: concurrent.futures.Future[dict[str, Any]]) -> None:
+        """Connect and say hello; ``opened`` gets the hello result or an UnavailableError."""
+        self._opened = opened
+        context = zmq.Context.instance()
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.ROUTING_ID, self.session_id)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.RECONNECT_IVL, 100)
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        socket.setsockopt(zmq.HANDSHAKE_IVL, 2000)
+        socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        socket.setsockopt(zmq.RCVHWM, 100_000)
+        socket.setsockopt(zmq.SNDHWM, 100_000)
+        if self.curve is not None:
+            socket.setsockopt(zmq.CURVE_SERVERKEY, self.curve.server_public)
+            socket.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.client_public)
+            socket.setsockopt(zmq.CURVE_SECRETKEY, self.curve.client_secret)
+        monitor = socket.get_monitor_socket(_MONITORED)
+        self._monitor = LoopSocket(self.loop, monitor, self._on_monitor_event)
+        self._socket = LoopSocket(self.loop, socket, self._on_message)
+        try:
+            socket.connect(self.endpoint)
+        except zmq.ZMQError as error:
+            self._fail_open(UnavailableError(f"cannot connect to the agent at {self.display}: {error}"))
+            return
+        self._say_hello()
+        self.loop.call_later(self.timeout, self._open_timed_out)
+
+    def _open_timed_out(self) -> None:
+        self._fail_open(UnavailableError(f"the agent at {self.display} did not answer within {self.timeout:g}s"))
+
+    def _fail_open(self, error: ExecError) -> None:
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_exception(error)
+            self.close()
+
+    def close(self) -> None:
+        """Stop talking; execs not yet exited are exited here with 255 (the agent keeps them)."""
+        if self.state == "closed":
+            return
+        if self.state == "ready" and self._socket is not None:
+            self._socket.send([protocol.pack({"op": "bye"})])
+        self.state = "closed"
+        for remote in list(self.execs.values()):
+            remote.force_locally(255, "the client was closed")
+        self._fail_all(UnavailableError(f"the client for {self.display} is closed"))
+        if self._lost_timer is not None:
+            self._lost_timer.cancel()
+        if self._socket is not None:
+            self._socket.socket.disable_monitor()
+            self._socket.close()
+        if self._monitor is not None:
+            self._monitor.close()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def request(self, op: str, fields: dict[str, Any], future: concurrent.futures.Future[Any],
+                internal: bool = False, on_result: Callable[[Any], None] | None = None) -> None:
+        """Send a request; ``future`` gets the result, or the ExecError the agent answered.
+
+        ``on_result`` runs on the loop with a successful result before any later
+        message is handled (so, e.g., a start is recorded before that exec's exit).
+        """
+        if self.state == "closed":
+            future.set_exception(UnavailableError(f"the client for {self.display} is closed"))
+            return
+        request_id = self._next_id
+        self._next_id += 1
+        frames = [protocol.pack({"id": request_id, "op": op, **fields})]
+        pending = _Pending(op, frames, future, time.monotonic() + self.timeout, internal=internal,
+                           on_result=on_result)
+        pending.timer = self.loop.call_later(self.timeout, self._request_timed_out, request_id)
+        self._pending[request_id] = pending
+        if internal or self.state == "ready":
+            self._send(frames)
+        # Otherwise it goes out when the connection is resynced.
+
+    def _request_timed_out(self, request_id: int) -> None:
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return
+        if self.state == "lost":
+            pending.timer = self.loop.call_later(self.timeout, self._request_timed_out, request_id)
+            return  # the reconnect deadline decides
+        del self._pending[request_id]
+        if not pending.future.done():
+            pending.future.set_exception(
+                UnavailableError(f"the agent at {self.display} did not answer {pending.op!r} within {self.timeout:g}s")
+            )
+
+    def _send(self, frames: list[Any]) -> None:
+        if self._socket is not None and not self._socket.send(frames):
+            log.debug("agent %s cannot take a message now; it is resent on resync", self.display)
+
+    def _fail_all(self, error: ExecError) -> None:
+        pending, self._pending = self._pending, {}
+        for item in pending.values():
+            if item.timer is not None:
+                item.timer.cancel()
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    # -- notifications to the agent -----------------------------------------------------
+
+    def queue_ack(self, stream: InStream) -> None:
+        self._acks.add(stream)
+        if not self._ack_scheduled:
+            self._ack_scheduled = True
+            self.loop.call_soon(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_scheduled = False
+        acks, self._acks = self._acks, set()
+        if self.state != "ready":
+            return  # resync tells the agent where each stream is
+        for stream in acks:
+            self._send([protocol.pack({"op": "ack", "h": stream.owner.handle, "s": stream.stream,
+                                       "q": stream.written})])
+
+    def send_stdin(self, handle: int, seq: int, data: bytes) -> None:
+        if self.state == "ready":
+            self._send([protocol.pack({"op": "stdin", "h": handle, "q": seq}), data])
+
+    def send_close_io(self, remote: RemoteExec, last_sent: int) -> None:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.request("close_io", {"task": remote.task_id, "exec": remote.exec_id, "q": last_sent}, future)
+        future.add_done_callback(lambda done: done.exception())  # errors (a deleted exec) are moot
+
+    def dispatch_event(self, callback: Callable[[Any], None], event: Any) -> None:
+        self.loop_thread.dispatch(callback, event)
+
+    # -- incoming ------------------------------------------------------------------------
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        try:
+            header = protocol.unpack(frames[0].buffer)
+        except ExecError as error:
+            log.warning("undecodable message from the agent at %s: %s", self.display, error)
+            return
+        if "id" in header:
+            self._on_reply(header)
+            return
+        event = header.get("ev")
+        try:
+            if event == "out" and len(frames) == 2:
+                remote = self.execs.get(header.get("h"))  # type: ignore[arg-type]
+                stream = header.get("s")
+                if remote is not None and stream in protocol.STREAMS:
+                    remote.streams[stream].on_chunk(protocol.get_int(header, "q", 0, protocol.MAX_SEQ),
+                                                    frames[1].buffer)
+            elif event == "exited":
+                remote = self.execs.get(header.get("h"))  # type: ignore[arg-type]
+                if remote is not None:
+                    protocol.get_int(header, "status", 0, 255)
+                    protocol.get_seqs(header, "q")
+                    remote.on_exit(header)
+            elif event == "stdin_ack":
+                remote = self.execs.get(header.get("h"))  # type: ignore[arg-type]
+                if remote is not None and remote.stdin is not None:
+                    remote.stdin.on_ack(protocol.get_int(header, "q", -1, protocol.MAX_SEQ))
+            elif event == "error":
+                log.warning("the agent at %s rejected a message: %s", self.display, header.get("error"))
+            else:
+                log.debug("ignored event %r", event)
+        except ExecError as error:
+            log.warning("malformed %r event from the agent at %s: %s", event, self.display, error)
+
+    def _on_reply(self, header: dict[str, Any]) -> None:
+        request_id = header.get("id")
+        pending = self._pending.get(request_id)  # type: ignore[arg-type]
+        if pending is None:
+            return  # the answer to a resent request we already had
+        error = header.get("error")
+        if error is not None and header.get("retry") and not pending.internal:
+            return  # sent before a re-hello reached a restarted agent; the hello decides
+        del self._pending[request_id]  # type: ignore[arg-type]
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if pending.future.done():
+            return
+        if error is not None:
+            if not isinstance(error, dict):
+                error = {"code": "unknown", "message": repr(error)}
+            pending.future.set_exception(from_wire(error.get("code"), error.get("message")))
+        else:
+            result = header.get("result")
+            if pending.on_result is not None:
+                try:
+                    pending.on_result(result)
+                except ExecError as error:
+                    pending.future.set_exception(error)
+                    return
+            pending.future.set_result(result)
+
+    def _on_monitor_event(self, frames: list[zmq.Frame]) -> None:
+        try:
+            event = parse_monitor_message([frame.bytes for frame in frames])["event"]
+        except Exception:  # a monitor message we cannot read is not worth failing for
+            return
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if self.state == "lost" and self._hello_id is None:
+                self._say_hello()
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self._fail_open(UnavailableError(
+                f"the agent at {self.display} refused this client's key (it is not among its authorized keys)"
+            ))
+        elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+            self._fail_open(UnavailableError(
+                f"the CURVE handshake with the agent at {self.display} failed (wrong server key, or not a uvmexec agent)"
+            ))
+        elif event == zmq.EVENT_DISCONNECTED and self.state == "ready":
+            self._lost()
+
+    # -- hello, loss and resync -------------------------------------------------------------
+
+    def _say_hello(self) -> None:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.request("hello", {"versions": list(protocol.VERSIONS), "session": self.session_id.hex(),
+                               "client": "uvmexec-host/0.1.0"}, future, internal=True)
+        self._hello_id = self._next_id - 1
+        future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(self._on_hello, done))
+
+    def _on_hello(self, done: concurrent.futures.Future[Any]) -> None:
+        self._hello_id = None
+        if self.state == "closed":
+            return
+        error = done.exception()
+        if error is not None:
+            if isinstance(error, UnimplementedError):
+                self._fail_open(error)
+            elif self.state == "connecting":
+                self._fail_open(UnavailableError(f"hello to the agent at {self.display} failed: {error}"))
+            return
+        result = done.result()
+        if not isinstance(result, dict) or not isinstance(result.get("boot_id"), str):
+            self._fail_open(UnavailableError(f"the peer at {self.display} is not a uvmexec agent"))
+            return
+        self.agent_info = result
+        self.window = result.get("window", self.window) if isinstance(result.get("window"), int) else self.window
+        if self.state == "connecting":
+            self.boot_id = result["boot_id"]
+            self.state = "ready"
+            if self._opened is not None and not self._opened.done():
+                self._opened.set_result(result)
+            return
+        if result["boot_id"] != self.boot_id:
+            self._agent_restarted(result["boot_id"])
+            return
+        self._resync()
+
+    def _lost(self) -> None:
+        log.warning("lost the agent at %s; waiting up to %gs for it", self.display, self.reconnect_timeout)
+        self.state = "lost"
+        self._lost_timer = self.loop.call_later(self.reconnect_timeout, self._gave_up)
+
+    def _gave_up(self) -> None:
+        self._lost_timer = None
+        if self.state != "lost":
+            return
+        why = f"the agent at {self.display} was unreachable for {self.reconnect_timeout:g}s"
+        for remote in list(self.execs.values()):
+            remote.force_locally(255, why)
+        self._fail_all(UnavailableError(why))
+
+    def _agent_restarted(self, boot_id: str) -> None:
+        why = f"the agent at {self.display} restarted (boot {self.boot_id} -> {boot_id})"
+        for remote in list(self.execs.values()):
+            remote.force_locally(255, why)
+        self.execs.clear()
+        self._fail_all(UnavailableError(why))
+        self.boot_id = boot_id
+        self._back()
+
+    def _resync(self) -> None:
+        live = [remote for remote in self.execs.values() if remote.final is None]
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.request("resync", {"execs": [{"h": remote.handle, "acked": remote.acked()} for remote in live]},
+                     future, internal=True)
+        future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(self._on_resync, done, live))
+
+    def _on_resync(self, done: concurrent.futures.Future[Any], live: list[RemoteExec]) -> None:
+        if self.state == "closed":
+            return
+        if done.exception() is not None:
+            log.warning("resync with the agent at %s failed: %s", self.display, done.exception())
+            return  # still lost; the next handshake tries again
+        entries = {entry.get("h"): entry for entry in done.result().get("execs", []) if isinstance(entry, dict)}
+        for remote in live:
+            remote.after_resync(entries.get(remote.handle, {"known": False}))
+        self._back()
+        for pending in list(self._pending.values()):
+            if not pending.internal:
+                self._send(pending.frames)
+
+    def _back(self) -> None:
+        self.reconnects += 1
+        self.state = "ready"
+        if self._lost_timer is not None:
+            self._lost_timer.cancel()
+            self._lost_timer = None
+        log.info("the agent at %s is back", self.display)

@@ -1,0 +1,139 @@
+"""``ProxiedExec``: the exec contract for a process that runs behind an agent.
+
+Every operation is a request to the agent, which applies the same
+:class:`~common.supervisor.ExecCore` rules ``LocalExec`` applies, so errors
+come back as the same classes with the same messages. What only the host
+can know is decided here: the exec is EXITED on the host once its exit
+record arrived and all its output was written to the host's targets; until
+then ``status()`` shows it RUNNING, exactly as a ``LocalExec`` that is still
+draining. After ``delete()`` every member but ``id`` raises ``NotFoundError``
+without asking the agent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from common import protocol
+from common.contract import Exec
+from common.errors import ExecError, UnavailableError, invalid_state_error, not_found_error
+from common.state import RUNNING_EXIT_STATUS, ExecState, ExecStatus
+
+if TYPE_CHECKING:
+    from .client import AgentClient
+    from .remote_exec import RemoteExec
+
+
+class ProxiedExec(Exec):
+    """A process in a guest, behind the exec contract. See :class:`common.Exec` for the rules."""
+
+    def __init__(self, client: AgentClient, remote: RemoteExec) -> None:
+        self._client = client
+        self._remote = remote
+
+    def __repr__(self) -> str:
+        return f"<ProxiedExec {self._remote.task_id}/{self._remote.exec_id} via {self._client.endpoint}>"
+
+    def _ids(self) -> dict[str, str]:
+        return {"task": self._remote.task_id, "exec": self._remote.exec_id}
+
+    def _check_live(self) -> None:
+        if self._remote.deleted:
+            raise not_found_error(self._remote.task_id, self._remote.exec_id)
+
+    def _request(self, op: str, on_result: Any = None, **fields: Any) -> Any:
+        self._check_live()
+        return self._client._request(op, {**self._ids(), **fields}, on_result)
+
+    @property
+    def id(self) -> str:
+        return self._remote.exec_id
+
+    @property
+    def pid(self) -> int:
+        return self.status().pid
+
+    @property
+    def state(self) -> ExecState:
+        return self.status().status
+
+    def status(self) -> ExecStatus:
+        self._check_live()
+        final = self._remote.final
+        if final is not None:
+            return final
+        status = protocol.status_from_wire(self._request("status"))
+        if status.status is ExecState.EXITED:
+            final = self._remote.final
+            if final is not None:
+                return final
+            # The agent is done, but this host is still writing the last output: not exited yet.
+            masked_state = ExecState.RUNNING if status.pid else ExecState.CREATED
+            return dataclasses.replace(status, status=masked_state, exit_status=RUNNING_EXIT_STATUS,
+                                       exited_at=None)
+        return status
+
+    def start(self) -> None:
+        def started(result: Any) -> None:
+            self._remote.on_started(protocol.get_int(result, "pid", 1, 2**31))
+
+        self._request("start", on_result=started)
+
+    def kill(self, signal: int, all: bool = False) -> None:  # noqa: A002 - the seed's name
+        self._check_live()
+        if self._remote.final is not None:
+            raise not_found_error(self._remote.task_id, self._remote.exec_id)
+        self._request("kill", signal=signal, all=all)
+
+    def resize_pty(self, width: int, height: int) -> None:
+        self._request("resize", width=width, height=height)
+
+    def close_io(self, stdin: bool = True) -> None:
+        self._check_live()
+        if not stdin:
+            return
+        last_sent = -1
+        if self._remote.stdin is not None:
+            last_sent = self._client._loop.run(self._remote.stdin.stop())
+        self._request("close_io", q=last_sent)
+
+    def wait(self, timeout: float | None = None) -> ExecStatus:
+        self._check_live()
+        if not self._remote.finalized.wait(timeout):
+            raise self._client._wait_timeout_error(self._remote, timeout)
+        assert self._remote.final is not None
+        return self._remote.final
+
+    def force_exit(self, status: int) -> None:
+        self._check_live()
+        if self._remote.final is not None:
+            return
+        try:
+            self._request("force_exit", status=status)
+        except UnavailableError:
+            # The agent is out of reach, which is when force_exit matters most: end it here.
+            from common.supervisor.execcore import check_exit_status
+
+            check_exit_status(status)
+            self._client._call(self._remote.force_locally, status, "force_exit while the agent is unreachable")
+            return
+        # The agent sent the exit record before its reply; wait for this host to finish it.
+        self._remote.finalized.wait(self._client._conn.timeout)
+
+    def delete(self) -> ExecStatus:
+        self._check_live()
+        remote = self._remote
+        if remote.exit_header is not None and remote.final is None:
+            # Exited on the agent, output still being written here: still RUNNING, as for LocalExec.
+            raise invalid_state_error(remote.task_id, remote.exec_id, ExecState.RUNNING, "delete")
+        try:
+            result = self._request("delete")
+        except ExecError as error:
+            if not (remote.final is not None and isinstance(error, UnavailableError)):
+                raise
+            final = remote.final  # the agent is gone and the exec was already ended here
+        else:
+            final = remote.final or protocol.status_from_wire(result)
+        self._client._call(self._client._untrack, remote)
+        return final

@@ -1,0 +1,296 @@
+"""The host's half of one proxied exec, on the loop thread: output writers, stdin feeder, exit.
+
+Output chunks are written to the local targets in sequence order and
+acknowledged once written; the agent sends no more than its window ahead of
+the acknowledgements, so at most a window per stream is ever queued here. The
+exec becomes EXITED on the host only when the agent's exit record arrived
+*and* every chunk it names has been written — the same promise ``LocalExec``
+keeps. Stdin is read from the local source under the agent's credit window
+and kept until acknowledged, so it can be resent after a reconnect.
+
+Loop-thread only, except the attributes read by :class:`ProxiedExec`
+(``final``, ``finalized``, ``deleted``, ``pid``), which are set once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from common import protocol
+from common.protocol import STDERR, STDOUT
+from common.state import ExecEvent, ExecExited, ExecStarted, ExecState, ExecStatus, utc_now
+from common.supervisor import InputSource, NullSink, OutputSink
+from common.supervisor.streams import CHUNK_SIZE
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+class InStream:
+    """One output stream arriving from the agent, written to its local sink in order."""
+
+    def __init__(self, owner: RemoteExec, stream: int, sink: OutputSink, first_seq: int = 0) -> None:
+        self.owner = owner
+        self.stream = stream
+        self.sink = sink
+        self.expected = first_seq
+        self.written = first_seq - 1
+        self._queue: collections.deque[tuple[int, Any]] = collections.deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._failed = False
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._writer is None
+
+    def on_chunk(self, seq: int, data: Any) -> None:
+        if seq != self.expected:
+            if seq < self.expected:
+                self.owner.conn.queue_ack(self)  # a replayed duplicate: remind the agent where we are
+            return  # a gap (lost across a reconnect) is filled by the resync's replay
+        self.expected += 1
+        self._queue.append((seq, data))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+
+    async def _write_queued(self) -> None:
+        try:
+            while self._queue:
+                seq, data = self._queue[0]
+                if not self._failed:
+                    try:
+                        await self.sink.write(data)
+                    except OSError as error:
+                        log.warning("exec %s: %s target failed (%s); discarding the rest",
+                                    self.owner.label, "stdout" if self.stream == STDOUT else "stderr", error)
+                        self._failed = True
+                        self.sink.abort()
+                        self.sink = NullSink()
+                self._queue.popleft()
+                self.written = seq
+                self.owner.conn.queue_ack(self)
+        finally:
+            self._writer = None
+        self.owner.check_exit()
+
+    def abort(self) -> None:
+        self._queue.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+        self.sink.abort()
+
+
+class OutStdin:
+    """Stdin read from the local source and sent under the agent's credit window."""
+
+    def __init__(self, owner: RemoteExec, source: InputSource, window: int, next_seq: int = 0) -> None:
+        self.owner = owner
+        self.source = source
+        self.window = window
+        self.last_sent = next_seq - 1
+        self._unacked: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._unacked_bytes = 0
+        self._credit: asyncio.Future[None] | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                while self._unacked_bytes >= self.window and not self._stop.is_set():
+                    self._credit = asyncio.get_running_loop().create_future()
+                    await self._credit
+                if self._stop.is_set():
+                    break
+                reading = asyncio.ensure_future(self.source.read(CHUNK_SIZE))
+                stopping = asyncio.ensure_future(self._stop.wait())
+                try:
+                    await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                if not reading.done():
+                    reading.cancel()
+                    break
+                data = reading.result()
+                if not data:
+                    # The source ended: the process gets EOF without close_io (as LocalExec does).
+                    self.owner.conn.send_close_io(self.owner, self.last_sent)
+                    break
+                self.last_sent += 1
+                self._unacked.append((self.last_sent, data))
+                self._unacked_bytes += len(data)
+                self.owner.conn.send_stdin(self.owner.handle, self.last_sent, data)
+        except OSError as error:
+            log.warning("exec %s: reading stdin failed: %s", self.owner.label, error)
+        finally:
+            self.source.close()
+
+    def on_ack(self, seq: int) -> None:
+        while self._unacked and self._unacked[0][0] <= seq:
+            _, data = self._unacked.popleft()
+            self._unacked_bytes -= len(data)
+        if self._credit is not None and self._unacked_bytes < self.window and not self._credit.done():
+            self._credit.set_result(None)
+
+    def resend_after(self, received: int) -> None:
+        for seq, data in self._unacked:
+            if seq > received:
+                self.owner.conn.send_stdin(self.owner.handle, seq, data)
+
+    async def stop(self) -> int:
+        """Stop reading (bytes already read were sent); the last sequence number sent."""
+        self._stop.set()
+        if self._credit is not None and not self._credit.done():
+            self._credit.set_result(None)
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        return self.last_sent
+
+    def abort(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+        else:
+            self.source.close()
+
+
+class RemoteExec:
+    """Everything the host keeps about one exec running behind the agent."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        handle: int,
+        task_id: str,
+        exec_id: str,
+        *,
+        bundle: str,
+        terminal: bool,
+        paths: tuple[str, str, str],
+        stdin: InputSource | None,
+        stdout: OutputSink | None,
+        stderr: OutputSink | None,
+        on_event: Callable[[ExecEvent], None] | None,
+        first_seqs: tuple[int, int] = (0, 0),
+        stdin_next: int = 0,
+    ) -> None:
+        self.conn = conn
+        self.handle = handle
+        self.task_id = task_id
+        self.exec_id = exec_id
+        self.label = f"{task_id}/{exec_id}"
+        self.bundle = bundle
+        self.terminal = terminal
+        self.paths = paths
+        self.on_event = on_event
+        self.streams: dict[int, InStream] = {
+            STDOUT: InStream(self, STDOUT, stdout or NullSink(), first_seqs[0]),
+            STDERR: InStream(self, STDERR, stderr or NullSink(), first_seqs[1]),
+        }
+        self.stdin = OutStdin(self, stdin, conn.window, stdin_next) if stdin is not None else None
+        self.pid = 0
+        self.exit_header: dict[str, Any] | None = None
+        self.final: ExecStatus | None = None
+        self.finalized = threading.Event()
+        self.deleted = False
+        self._finalizing = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def on_started(self, pid: int) -> None:
+        self.pid = pid
+        if self.on_event is not None:
+            self.conn.dispatch_event(self.on_event, ExecStarted(self.exec_id, pid))
+        if self.stdin is not None:
+            self.stdin.start()
+
+    def on_exit(self, header: dict[str, Any]) -> None:
+        if self.exit_header is not None or self.final is not None:
+            return
+        self.exit_header = header
+        self.check_exit()
+
+    def check_exit(self) -> None:
+        """Finalize once the exit record is here and every chunk it names is written."""
+        header = self.exit_header
+        if header is None or self._finalizing:
+            return
+        if header.get("started") and not header.get("forced"):
+            last = header["q"]
+            for stream, last_seq in zip((STDOUT, STDERR), last, strict=False):
+                state = self.streams[stream]
+                if state.written < last_seq or not state.idle:
+                    return
+        self._finalizing = True
+        asyncio.get_running_loop().create_task(self._finalize(header))
+
+    async def _finalize(self, header: dict[str, Any]) -> None:
+        if self.stdin is not None:
+            self.stdin.abort()
+        for state in self.streams.values():
+            if header.get("forced"):
+                state.abort()
+                continue
+            try:
+                await state.sink.close()
+            except OSError as error:
+                log.warning("exec %s: closing output: %s", self.label, error)
+        exited_at = protocol.datetime_from_wire(header.get("at")) or utc_now()
+        self.finish(header["status"], exited_at, started=bool(header.get("started")),
+                    pid=header.get("pid", self.pid))
+
+    def finish(self, exit_status: int, exited_at: datetime.datetime, *, started: bool, pid: int) -> None:
+        """Become EXITED on the host: release waiters, publish the exit (if the exec started)."""
+        if self.final is not None:
+            return
+        self.pid = pid or self.pid
+        self.final = ExecStatus(
+            id=self.task_id,
+            exec_id=self.exec_id,
+            bundle=self.bundle,
+            pid=self.pid,
+            status=ExecState.EXITED,
+            stdin=self.paths[0],
+            stdout=self.paths[1],
+            stderr=self.paths[2],
+            terminal=self.terminal,
+            exit_status=exit_status,
+            exited_at=exited_at,
+        )
+        self.finalized.set()
+        if started and self.on_event is not None:
+            self.conn.dispatch_event(self.on_event, ExecExited(self.exec_id, self.pid, exit_status, exited_at))
+
+    def force_locally(self, exit_status: int, why: str) -> None:
+        """The agent is gone (or lost this exec): end it here without it."""
+        if self.final is not None:
+            return
+        log.warning("exec %s: %s; exiting it with %d", self.label, why, exit_status)
+        for state in self.streams.values():
+            state.abort()
+        if self.stdin is not None:
+            self.stdin.abort()
+        self.finish(exit_status, utc_now(), started=self.pid != 0, pid=self.pid)
+
+    # -- reconnects ---------------------------------------------------------------
+
+    def acked(self) -> list[int]:
+        return [self.streams[STDOUT].written, self.streams[STDERR].written]
+
+    def after_resync(self, entry: dict[str, Any]) -> None:
+        if not entry.get("known"):
+            self.force_locally(255, "the agent no longer knows it")
+            return
+        if self.stdin is not None:
+            self.stdin.resend_after(entry.get("stdin_q", -1))

@@ -1,0 +1,113 @@
+"""A real agent process for tests: started, waited for, killed and restarted like a service."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import zmq.auth
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass
+class Keys:
+    """A CURVE key set as ``uvmexec keygen`` makes it."""
+
+    directory: str
+    agent_public: str
+    agent_secret: str
+    client_public: str
+    client_secret: str
+    authorized: str
+
+    @classmethod
+    def create(cls, directory: str) -> Keys:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        agent_public, agent_secret = zmq.auth.create_certificates(directory, "agent")
+        client_public, client_secret = zmq.auth.create_certificates(directory, "client")
+        authorized = os.path.join(directory, "authorized")
+        os.makedirs(authorized, mode=0o700, exist_ok=True)
+        shutil.copy(client_public, authorized)
+        return cls(directory, agent_public, agent_secret, client_public, client_secret, authorized)
+
+
+class AgentProcess:
+    """``python -m guest_agent`` with the given arguments, run as a child of the test."""
+
+    def __init__(self, listen: list[str], extra: list[str] | None = None) -> None:
+        self.listen = listen
+        self.extra = extra or []
+        self.process: subprocess.Popen[bytes] | None = None
+        self.endpoints: list[str] = []
+
+    def start(self, timeout: float = 20.0) -> AgentProcess:
+        command = [sys.executable, "-m", "guest_agent", "--log-level", "WARNING"]
+        for endpoint in self.listen:
+            command += ["--listen", endpoint]
+        self.process = subprocess.Popen(command + self.extra, cwd=ROOT, stdout=subprocess.PIPE)
+        assert self.process.stdout is not None
+        line = _read_line(self.process.stdout.fileno(), timeout)
+        if not line.startswith(b"uvm-agent ready "):
+            self.stop()
+            raise RuntimeError(f"agent did not start: {line!r}")
+        self.endpoints = line.decode().split()[2:]
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        self._reap()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._reap()
+
+    def _reap(self) -> None:
+        if self.process is not None:
+            self.process.wait(20)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            self.process = None
+
+
+def _read_line(fd: int, timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def private_directory(prefix: str) -> str:
+    """A fresh 0700 directory (ipc sockets must live in one)."""
+    return tempfile.mkdtemp(prefix=prefix)
