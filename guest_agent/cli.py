@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"uvm-agent ready {' '.join(agent.endpoints)}", flush=True)
     try:
         loop.run_until_complete(stopping)
+        loop.run_until_complete(agent.shutdown())
     finally:
-        agent.close()
         loop.close()
     return 0

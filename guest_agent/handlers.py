@@ -136,7 +136,8 @@ def op_resync(agent: Agent, session: Session, message: dict[str, Any]) -> Then:
             continue
         record.set_owner(session)
         known.append({"h": handle, "known": True,
-                      "stdin_q": record.stdin.last_received if record.stdin is not None else -1})
+                      "stdin_q": record.stdin.last_received if record.stdin is not None else -1,
+                      "stdin_acked": record.stdin.delivered if record.stdin is not None else -1})
         replays.append((record, acked))
     session.drop_pending()
 

@@ -62,7 +62,8 @@ class Session:
         self.routing_id: bytes | None = None
         self.outbox: collections.deque[list[Any]] = collections.deque()
         self.replies: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
-        self.highest_request = -1
+        #: Highest request id whose reply was evicted from the cache: older unknown ids are refused.
+        self.forgotten_below = -1
         self.owned: set[AgentExec] = set()
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = _RETRY_FIRST
@@ -104,7 +105,8 @@ class Session:
         frames = [protocol.pack(header)]
         self.replies[request_id] = frames
         while len(self.replies) > REPLY_CACHE:
-            self.replies.popitem(last=False)
+            evicted, _ = self.replies.popitem(last=False)
+            self.forgotten_below = max(self.forgotten_below, evicted)
         self.send(frames)
 
     def drop_pending(self) -> None:
@@ -161,45 +163,64 @@ class Agent:
             self._zap = ZapHandler(self.loop, self.context, load_authorized_keys(authorized_keys))
         for endpoint in endpoints:
             socket = self.context.socket(zmq.ROUTER)
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
-            socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-            socket.setsockopt(zmq.SNDHWM, 100_000)
-            socket.setsockopt(zmq.RCVHWM, 10_000)
-            if endpoint.startswith("tcp://"):
-                if curve is not None:
-                    socket.setsockopt(zmq.CURVE_SERVER, 1)
-                    socket.setsockopt(zmq.CURVE_PUBLICKEY, curve[0])
-                    socket.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
-                elif not insecure:
-                    socket.close()
-                    raise ValueError(f"{endpoint}: tcp needs --server-key and --authorized-keys (or --insecure)")
-                socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-                socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
-            elif endpoint.startswith("ipc://"):
-                _check_private_directory(endpoint[len("ipc://"):])
-            else:
-                socket.close()
-                raise ValueError(f"{endpoint}: only ipc:// and tcp:// endpoints can be listened on")
             try:
+                self._configure(socket, endpoint, curve, insecure)
                 socket.bind(endpoint)
             except zmq.ZMQError as error:
                 socket.close()
                 raise ValueError(f"cannot listen on {endpoint}: {error}") from None
+            except BaseException:
+                socket.close()
+                raise
             index = len(self._listeners)
             listener = LoopSocket(self.loop, socket, lambda frames, index=index: self._on_message(index, frames))
             self._listeners.append(listener)
             self.endpoints.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
 
+    @staticmethod
+    def _configure(socket: zmq.Socket, endpoint: str, curve: tuple[bytes, bytes] | None, insecure: bool) -> None:
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.RCVHWM, 10_000)
+        if endpoint.startswith("tcp://"):
+            if curve is not None:
+                socket.setsockopt(zmq.CURVE_SERVER, 1)
+                socket.setsockopt(zmq.CURVE_PUBLICKEY, curve[0])
+                socket.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
+            elif not insecure:
+                raise ValueError(f"{endpoint}: tcp needs --server-key and --authorized-keys (or --insecure)")
+            socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        elif endpoint.startswith("ipc://"):
+            _check_private_directory(endpoint[len("ipc://"):])
+        else:
+            raise ValueError(f"{endpoint}: only ipc:// and tcp:// endpoints can be listened on")
+
     def close(self) -> None:
-        """Kill every running exec's process group, close the sockets."""
-        self.supervisor.close()
+        """Kill every running exec's process group, close the sockets (no waiting)."""
         for listener in self._listeners:
             listener.close()
+        self.supervisor.close()
         if self._zap is not None:
             self._zap.close()
         self.context.term()
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Stop serving, kill what runs, reap it (within ``grace``), end every task, close."""
+        for listener in self._listeners:
+            listener.close()
+        for core in list(self.supervisor.running):
+            core.force_exit(255)
+        await self.supervisor.reaper.wait_all(grace)
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.close()
 
     # -- dispatch ------------------------------------------------------------
 
@@ -245,11 +266,11 @@ class Agent:
         if cached is not None:
             session.send(cached)  # a resent request: answer again, never redo it
             return
-        if request_id <= session.highest_request:
-            error = FailedPreconditionError(f"request {request_id} was already handled")
+        if request_id <= session.forgotten_below:
+            # Possibly handled long ago (its reply is no longer cached): never risk doing it twice.
+            error = FailedPreconditionError(f"request {request_id} is too old to be answered again")
             session.send([protocol.pack({"id": request_id, "error": error.to_wire()})])
             return
-        session.highest_request = request_id
         after = None
         try:
             handler = handlers.REQUESTS.get(op) if isinstance(op, str) else None

@@ -121,6 +121,11 @@ class WireSource(InputSource):
     def end(self) -> bool:
         return self._end_after is not None
 
+    @property
+    def delivered(self) -> int:
+        """The last chunk the process's pipe took (what the host may forget)."""
+        return self._delivered
+
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)

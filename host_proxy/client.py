@@ -203,27 +203,34 @@ class AgentClient:
         if self._call(self._find, task_id, exec_id) is not None:
             raise already_exists_error(task_id, exec_id)
         ends = open_stdio(stdio)
-        try:
-            result = self._request("attach", {"task": task_id, "exec": exec_id})
+        attached: list[RemoteExec] = []
+
+        def track(result: Any) -> None:
+            # On the loop, before the replayed output and exit that follow this reply.
             status = protocol.status_from_wire(result.get("status"))
             handle = protocol.get_int(result, "h", 0, protocol.MAX_HANDLE)
             firsts = protocol.get_seqs(result, "first")
             stdin_next = protocol.get_int(result, "stdin_q", -1, protocol.MAX_SEQ) + 1
             remote_has = result.get("stdio") if isinstance(result.get("stdio"), dict) else {}
+            if not remote_has.get("stdin") and ends.stdin is not None:
+                ends.stdin.close()
+                ends.stdin = None
+            remote = RemoteExec(
+                self._conn, handle, task_id, exec_id, bundle=status.bundle, terminal=status.terminal,
+                paths=(status.stdin, status.stdout, status.stderr), stdin=ends.stdin, stdout=ends.stdout,
+                stderr=ends.stderr, on_event=on_event, first_seqs=(max(firsts[0], 0), max(firsts[1], 0)),
+                stdin_next=stdin_next,
+            )
+            remote.pid = status.pid
+            self._track_attached(remote, status.status.value == "running")
+            attached.append(remote)
+
+        try:
+            self._request("attach", {"task": task_id, "exec": exec_id}, track)
         except BaseException:
             ends.release()
             raise
-        if not remote_has.get("stdin") and ends.stdin is not None:
-            ends.stdin.close()
-            ends.stdin = None
-        remote = RemoteExec(
-            self._conn, handle, task_id, exec_id, bundle=status.bundle, terminal=status.terminal,
-            paths=(status.stdin, status.stdout, status.stderr), stdin=ends.stdin, stdout=ends.stdout,
-            stderr=ends.stderr, on_event=on_event, first_seqs=(max(firsts[0], 0), max(firsts[1], 0)),
-            stdin_next=stdin_next,
-        )
-        remote.pid = status.pid
-        self._call(self._track_attached, remote, status.status.value == "running")
+        remote = attached[0]
         return ProxiedExec(self, remote)
 
     def list_execs(self) -> list[ExecStatus]:

@@ -176,6 +176,10 @@ class Connection:
         if self.state == "closed":
             future.set_exception(UnavailableError(f"the client for {self.display} is closed"))
             return
+        if self.state == "gone" and not internal:
+            future.set_exception(UnavailableError(
+                f"the agent at {self.display} has been unreachable for more than {self.reconnect_timeout:g}s"))
+            return
         request_id = self._next_id
         self._next_id += 1
         frames = [protocol.pack({"id": request_id, "op": op, **fields})]
@@ -193,7 +197,7 @@ class Connection:
             return
         if self.state == "lost":
             pending.timer = self.loop.call_later(self.timeout, self._request_timed_out, request_id)
-            return  # the reconnect deadline decides
+            return  # the reconnect deadline decides, and fails it with every other
         del self._pending[request_id]
         if not pending.future.done():
             pending.future.set_exception(
@@ -310,7 +314,7 @@ class Connection:
         except Exception:  # a monitor message we cannot read is not worth failing for
             return
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            if self.state == "lost" and self._hello_id is None:
+            if self.state in ("lost", "gone") and self._hello_id is None:
                 self._say_hello()
         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self._fail_open(UnavailableError(
@@ -370,6 +374,7 @@ class Connection:
         if self.state != "lost":
             return
         why = f"the agent at {self.display} was unreachable for {self.reconnect_timeout:g}s"
+        self.state = "gone"  # new requests fail at once until the agent answers again
         for remote in list(self.execs.values()):
             remote.force_locally(255, why)
         self._fail_all(UnavailableError(why))
@@ -397,9 +402,10 @@ class Connection:
             log.warning("resync with the agent at %s failed: %s", self.display, done.exception())
             return  # still lost; the next handshake tries again
         entries = {entry.get("h"): entry for entry in done.result().get("execs", []) if isinstance(entry, dict)}
+        self._back()
+        # Stdin the agent missed goes first, then requests held meanwhile (a close_io must follow its stdin).
         for remote in live:
             remote.after_resync(entries.get(remote.handle, {"known": False}))
-        self._back()
         for pending in list(self._pending.values()):
             if not pending.internal:
                 self._send(pending.frames)

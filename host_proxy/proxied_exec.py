@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import protocol
 from common.contract import Exec
-from common.errors import ExecError, UnavailableError, invalid_state_error, not_found_error
+from common.errors import ExecError, NotFoundError, UnavailableError, invalid_state_error, not_found_error
 from common.state import RUNNING_EXIT_STATUS, ExecState, ExecStatus
 
 if TYPE_CHECKING:
@@ -127,12 +127,18 @@ class ProxiedExec(Exec):
         if remote.exit_header is not None and remote.final is None:
             # Exited on the agent, output still being written here: still RUNNING, as for LocalExec.
             raise invalid_state_error(remote.task_id, remote.exec_id, ExecState.RUNNING, "delete")
+        if remote.forced_locally and remote.final is not None:
+            # Ended here while the agent was away; make the agent agree before forgetting it.
+            try:
+                self._request("force_exit", status=remote.final.exit_status)
+            except ExecError:
+                pass
         try:
             result = self._request("delete")
-        except ExecError as error:
-            if not (remote.final is not None and isinstance(error, UnavailableError)):
+        except (NotFoundError, UnavailableError):
+            if remote.final is None:
                 raise
-            final = remote.final  # the agent is gone and the exec was already ended here
+            final = remote.final  # the agent lost it or is gone; it already ended here
         else:
             final = remote.final or protocol.status_from_wire(result)
         self._client._call(self._client._untrack, remote)

@@ -204,6 +204,8 @@ class RemoteExec:
         self.final: ExecStatus | None = None
         self.finalized = threading.Event()
         self.deleted = False
+        #: Ended here without the agent (it was unreachable); the agent may still run it.
+        self.forced_locally = False
         self._finalizing = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -277,6 +279,7 @@ class RemoteExec:
         if self.final is not None:
             return
         log.warning("exec %s: %s; exiting it with %d", self.label, why, exit_status)
+        self.forced_locally = True
         for state in self.streams.values():
             state.abort()
         if self.stdin is not None:
@@ -293,4 +296,6 @@ class RemoteExec:
             self.force_locally(255, "the agent no longer knows it")
             return
         if self.stdin is not None:
+            # Acknowledgements sent while the connection was down are lost: take the agent's word.
+            self.stdin.on_ack(entry.get("stdin_acked", -1))
             self.stdin.resend_after(entry.get("stdin_q", -1))

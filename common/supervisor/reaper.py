@@ -135,6 +135,12 @@ class Reaper:
             except ChildProcessError:
                 pass
 
+    async def wait_all(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until every watched child was reaped."""
+        pending = [watch.exited for watch in self._watches.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
     def close(self) -> None:
         """Stop watching (the loop is shutting down); pending futures stay unresolved."""
         for watch in self._watches.values():
