@@ -14,7 +14,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--backend",
         action="append",
         default=[],
-        help="conformance backend to run (repeatable); default: every backend that needs no VM",
+        help="conformance backend to run (repeatable); default: every backend, QEMU guests included",
     )
 
 
@@ -23,7 +23,7 @@ def selected_backends(config: pytest.Config) -> list[str]:
     if not names and os.environ.get("UVMEXEC_BACKENDS"):
         names = [name.strip() for name in os.environ["UVMEXEC_BACKENDS"].split(",") if name.strip()]
     if not names:
-        names = [name for name, (needs_vm, _) in REGISTRY.items() if not needs_vm]
+        names = list(REGISTRY)
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:
         raise pytest.UsageError(f"unknown backend(s) {unknown}; known: {sorted(REGISTRY)}")

@@ -3,7 +3,7 @@
 A backend makes execs through one creation call and cleans up after each
 test. Later backends register here; no conformance test names a backend.
 Which backends run: ``--backend NAME`` (repeatable) or ``UVMEXEC_BACKENDS``
-(comma-separated); by default every backend that needs no VM.
+(comma-separated); by default every backend, the QEMU guest included.
 """
 
 from __future__ import annotations
@@ -118,3 +118,27 @@ def _agent_tcp(config: Any) -> Iterator[Callable[..., Exec]]:
     finally:
         agent.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def shared_guest(config: Any) -> Any:
+    """One booted guest for every VM backend of the session (booting costs seconds under TCG)."""
+    guest = getattr(config, "_uvmexec_guest", None)
+    if guest is None:
+        from vm_images import boot, build_image
+
+        stack = contextlib.ExitStack()
+        guest = stack.enter_context(boot(build_image()))
+        config._uvmexec_guest = guest
+        config.add_cleanup(stack.close)
+    return guest
+
+
+@register("qemu", needs_vm=True)
+@contextlib.contextmanager
+def _qemu(config: Any) -> Iterator[Callable[..., Exec]]:
+    from host_proxy import AgentClient
+
+    guest = shared_guest(config)
+    with AgentClient.connect(guest.agent_endpoint, server_key=guest.server_key, client_key=guest.client_key,
+                             timeout=30) as client:
+        yield client.create_exec

@@ -1,0 +1,157 @@
+"""Fast tests of the image build's parts: no debootstrap, no QEMU."""
+
+from __future__ import annotations
+
+import io
+import lzma
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from vm_images import settings
+from vm_images.cache import BuildError, Progress, ensure_step, tree_digest
+from vm_images.image import BUILD_SOURCES, LAUNCH_SOURCES, PACKAGE_DIR
+from vm_images.initrd import CpioWriter
+from vm_images.kernel import extract_vmlinux
+from vm_images.stage import GUEST_FILES, render
+
+WAIT = 10.0  # seconds any cross-thread wait may take before the test fails
+
+
+def test_every_module_is_either_a_build_input_or_launcher_only() -> None:
+    present = {str(path.relative_to(PACKAGE_DIR)) for path in PACKAGE_DIR.glob("*.py")}
+    present |= {f"guest/{path.name}" for path in (PACKAGE_DIR / "guest").iterdir()}
+    assert not set(BUILD_SOURCES) & set(LAUNCH_SOURCES)
+    assert present == set(BUILD_SOURCES) | set(LAUNCH_SOURCES)
+
+
+def test_pid1_runs_the_agent_command_line_of_the_design() -> None:
+    script = render((GUEST_FILES / "uvm-init.sh").read_text())
+    assert ("python3 -m guest_agent --listen tcp://0.0.0.0:5555 --server-key "
+            "/etc/uvmexec/agent.key_secret --authorized-keys /etc/uvmexec/authorized_keys"
+            ) in script
+    assert (script.index("-m guest_agent") < script.index("/usr/sbin/sshd -D")
+            < script.index("/usr/sbin/qemu-ga"))
+    assert "the agent exited" in script and settings.AGENT_EXIT_MARKER.startswith("uvm-init: ")
+
+
+@pytest.mark.parametrize("name", ["uvm-init.sh", "loader-init.sh"])
+def test_guest_scripts_parse_as_posix_shell(name: str, tmp_path: Path) -> None:
+    script = tmp_path / name
+    script.write_text(render((GUEST_FILES / name).read_text()))
+    result = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cpio_archive_unpacks_with_busybox(tmp_path: Path) -> None:
+    archive = io.BytesIO()
+    writer = CpioWriter(archive)
+    writer.directory("bin")
+    writer.file("bin/hello", b"#!/bin/sh\necho hi\n", 0o755)
+    writer.symlink("bin/sh", "busybox")
+    writer.file("odd", b"x" * 5)  # forces padding of the following header
+    writer.close()
+    assert len(archive.getvalue()) % 512 == 0
+    target = tmp_path / "out"
+    target.mkdir()
+    subprocess.run(["busybox", "cpio", "-i", "-d"], input=archive.getvalue(), cwd=target,
+                   check=True, capture_output=True)
+    assert (target / "bin/hello").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert os.stat(target / "bin/hello").st_mode & 0o777 == 0o755
+    assert os.readlink(target / "bin/sh") == "busybox"
+    assert (target / "odd").read_bytes() == b"xxxxx"
+
+
+def test_vmlinux_is_the_xz_stream_that_holds_an_elf_image() -> None:
+    decoy = lzma.compress(b"not a kernel", format=lzma.FORMAT_XZ)
+    kernel = b"\x7fELF" + os.urandom(4096)
+    bzimage = b"setup" * 100 + decoy + b"\0" * 13 + lzma.compress(kernel, format=lzma.FORMAT_XZ) \
+        + b"trailer"
+    assert extract_vmlinux(bzimage) == kernel
+    with pytest.raises(BuildError, match="no XZ stream"):
+        extract_vmlinux(b"setup" + decoy)
+
+
+def test_tree_digest_follows_content_and_ignores_bytecode(tmp_path: Path) -> None:
+    (tmp_path / "pkg/__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg/mod.py").write_text("A = 1\n")
+    before = tree_digest(tmp_path)
+    (tmp_path / "pkg/__pycache__/mod.cpython-311.pyc").write_bytes(b"bytecode")
+    (tmp_path / "pkg/.mod.py.swp").write_bytes(b"editor state")
+    assert tree_digest(tmp_path) == before
+    (tmp_path / "pkg/mod.py").write_text("A = 2\n")
+    assert tree_digest(tmp_path) != before
+
+
+def test_host_mirror_is_read_from_both_sources_formats() -> None:
+    deb822 = ("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+              "Components: main\n\nTypes: deb\nURIs: http://security.example/debian-security\n"
+              "Suites: bookworm-security\n")
+    assert settings._uris_serving_suite(deb822, deb822=True) == ["http://mirror.example/debian"]
+    one_line = "# comment\ndeb [arch=amd64] http://other.example/debian bookworm main\n"
+    assert settings._uris_serving_suite(one_line, deb822=False) == ["http://other.example/debian"]
+
+
+class _Signalling(io.StringIO):
+    """A progress stream that sets ``event`` once a line containing ``text`` is written."""
+
+    def __init__(self, text: str, event: threading.Event) -> None:
+        super().__init__()
+        self._text = text
+        self._event = event
+
+    def write(self, data: str) -> int:
+        if self._text in data:
+            self._event.set()
+        return super().write(data)
+
+
+def test_concurrent_builders_build_a_step_once(tmp_path: Path) -> None:
+    builds: list[int] = []
+    building = threading.Event()
+    second_waits = threading.Event()
+    release = threading.Event()
+
+    def build(out: Path) -> None:
+        builds.append(1)
+        building.set()
+        assert release.wait(WAIT)
+        (out / "artifact").write_text("done")
+
+    results: dict[str, Path] = {}
+    first = threading.Thread(target=lambda: results.update(
+        first=ensure_step(tmp_path, "step-x", build, Progress(io.StringIO()))))
+    second = threading.Thread(target=lambda: results.update(
+        second=ensure_step(tmp_path, "step-x", build,
+                           Progress(_Signalling("waiting for", second_waits)))))
+    first.start()
+    assert building.wait(WAIT)
+    second.start()
+    assert second_waits.wait(WAIT), "the second builder did not block on the lock"
+    release.set()
+    first.join(WAIT)
+    second.join(WAIT)
+    assert len(builds) == 1
+    assert results["first"] == results["second"] == tmp_path / "step-x"
+    assert (tmp_path / "step-x/artifact").read_text() == "done"
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_failed_step_publishes_nothing_and_its_debris_is_cleared(tmp_path: Path) -> None:
+    def broken(out: Path) -> None:
+        (out / "half").write_text("partial")
+        raise BuildError("step failed on purpose")
+
+    with pytest.raises(BuildError, match="on purpose"):
+        ensure_step(tmp_path, "step-y", broken, Progress(io.StringIO()))
+    assert not (tmp_path / "step-y").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    # Debris of a builder that died without cleaning up is removed before a rebuild.
+    (tmp_path / "tmp/step-y.99999").mkdir()
+    ensure_step(tmp_path, "step-y", lambda out: (out / "ok").touch(), Progress(io.StringIO()))
+    assert list((tmp_path / "tmp").iterdir()) == []
+    shutil.rmtree(tmp_path / "step-y")
