@@ -8,6 +8,7 @@ are the ops that get no reply (acknowledgements, stdin data).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,29 @@ def op_delete(agent: Agent, session: Session, message: dict[str, Any]) -> dict[s
     return protocol.status_to_wire(final)
 
 
+def op_stats(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    """What the agent holds right now: for operators, and for tests that look for leaks."""
+    memory = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                memory[key] = int(value.split()[0])
+    return {
+        "execs": len(agent.execs),
+        "running": len(agent.supervisor.running),
+        "sessions": len(agent.sessions),
+        "watched": agent.supervisor.reaper.watched,
+        "orphans_reaped": agent.supervisor.reaper.orphans_reaped,
+        "fds": len(os.listdir("/proc/self/fd")),
+        "threads": memory.get("Threads", 0),
+        "rss_kib": memory.get("VmRSS", 0),
+        "peak_rss_kib": memory.get("VmHWM", 0),
+        "held_output_bytes": sum(sink.unacked_bytes for record in agent.execs.values()
+                                 for sink in record.sinks.values()),
+    }
+
+
 def op_list(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
     return {"execs": [protocol.status_to_wire(record.core.snapshot) for record in agent.execs.values()]}
 
@@ -179,6 +203,7 @@ REQUESTS: dict[str, Callable[..., Any]] = {
     "force_exit": op_force_exit,
     "delete": op_delete,
     "list": op_list,
+    "stats": op_stats,
     "attach": op_attach,
     "resync": op_resync,
 }

@@ -238,6 +238,10 @@ class AgentClient:
         result = self._request("list", {})
         return [protocol.status_from_wire(entry) for entry in protocol.get_list(result, "execs", 10**6)]
 
+    def stats(self) -> dict[str, int]:
+        """The agent's own counters: execs, sessions, fds, threads, RSS, output held for slow readers."""
+        return dict(self._request("stats", {}))
+
     def ping(self) -> None:
         """One round trip to the agent."""
         self._request("ping", {})

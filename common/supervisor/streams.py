@@ -162,7 +162,9 @@ def open_output_path(path: str) -> tuple[int | None, bool]:
     """Open an output path now if that cannot block: ``(fd, False)``; a FIFO gives ``(None, True)``.
 
     A regular file (or a missing path, which is created) is opened for append,
-    never truncated. Raises ``OSError`` naming nothing; callers add the path.
+    never truncated. Anything else that opens at once (a tty, a character
+    device) gets a non-blocking fd of its own, written when it can take bytes.
+    Raises ``OSError``; callers add the path.
     """
     try:
         if stat.S_ISFIFO(os.stat(path).st_mode):
@@ -170,9 +172,8 @@ def open_output_path(path: str) -> tuple[int | None, bool]:
     except FileNotFoundError:
         pass
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    if stat.S_ISDIR(os.fstat(fd).st_mode):  # pragma: no cover - O_WRONLY on a dir fails first
-        os.close(fd)
-        raise IsADirectoryError(errno.EISDIR, "Is a directory")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.set_blocking(fd, False)  # our own open file description: nobody else is affected
     return fd, False
 
 
@@ -233,28 +234,38 @@ class FileObjectSink(OutputSink):
 
 
 class PathSource(InputSource):
-    """Stdin from a host path: a regular file or a FIFO (opened when first read)."""
+    """Stdin from a host path: a regular file, or anything that may block (a FIFO, a tty).
+
+    A FIFO is opened when first read (opening it waits for a writer); other
+    non-regular files are opened at once, non-blocking, and read when readable.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
-        self._is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
+        self._is_fifo = stat.S_ISFIFO(mode)
+        self._pollable = not stat.S_ISREG(mode)
         if not self._is_fifo:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if self._pollable else 0))
         self._pending_opens: list[_Blocker] = []
 
     async def read(self, max_bytes: int) -> bytes:
         if self._fd is None:
             self._fd = await open_fifo(self.path, os.O_RDONLY, self._pending_opens)
-        if not self._is_fifo:
+        if not self._pollable:
             return os.read(self._fd, max_bytes)
         while True:
-            # A FIFO reads as EOF until a writer appears; poll first, then read.
+            # Poll first: a FIFO reads as EOF until a writer appears.
             await wait_readable(self._fd)
             try:
                 return os.read(self._fd, max_bytes)
             except BlockingIOError:
                 continue
+            except OSError as error:
+                if error.errno == errno.EIO:  # a tty whose session went away
+                    return b""
+                raise
 
     def close(self) -> None:
         for blocker in list(self._pending_opens):
