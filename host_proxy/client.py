@@ -85,7 +85,8 @@ class AgentClient:
         tunnel = None
         zmq_endpoint = endpoint
         if endpoint.startswith("ssh://"):
-            from .ssh_tunnel import SshTunnel, parse_ssh_endpoint
+            from .ssh_endpoint import parse_ssh_endpoint
+            from .ssh_tunnel import SshTunnel
 
             if ssh_key is None or known_hosts is None:
                 raise InvalidArgumentError("ssh:// endpoints need ssh_key and known_hosts")

@@ -142,3 +142,44 @@ def _qemu(config: Any) -> Iterator[Callable[..., Exec]]:
     with AgentClient.connect(guest.agent_endpoint, server_key=guest.server_key, client_key=guest.client_key,
                              timeout=30) as client:
         yield client.create_exec
+
+
+@register("agent-ssh")
+@contextlib.contextmanager
+def _agent_ssh(config: Any) -> Iterator[Callable[..., Exec]]:
+    import shutil
+    import socket
+
+    from host_proxy import AgentClient
+    from tests.support.agent import AgentProcess, Keys, private_directory
+    from tests.support.sshd import SshServer
+
+    directory = private_directory("uvm-agent-ssh-")
+    keys = Keys.create(directory)
+    with socket.socket() as probe:  # the agent listens on loopback, as in a guest
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    agent = AgentProcess([f"tcp://127.0.0.1:{port}"], ["--server-key", keys.agent_secret,
+                                                        "--authorized-keys", keys.authorized]).start()
+    try:
+        with SshServer() as sshd, AgentClient.connect(
+            sshd.endpoint(agent=f"tcp://127.0.0.1:{port}"), ssh_key=sshd.key_path, known_hosts=sshd.known_hosts,
+            server_key=keys.agent_public, client_key=keys.client_secret, timeout=10,
+        ) as client:
+            yield client.create_exec
+    finally:
+        agent.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@register("qemu-ssh", needs_vm=True)
+@contextlib.contextmanager
+def _qemu_ssh(config: Any) -> Iterator[Callable[..., Exec]]:
+    from host_proxy import AgentClient
+
+    guest = shared_guest(config)
+    with AgentClient.connect(
+        f"ssh://{guest.ssh_user}@{guest.ssh_host}:{guest.ssh_port}", ssh_key=guest.ssh_key,
+        known_hosts=guest.known_hosts, server_key=guest.server_key, client_key=guest.client_key, timeout=30,
+    ) as client:
+        yield client.create_exec
