@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 #: Messages handled per loop callback before yielding to other work.
 BATCH = 256
 
+# Plain ints: pyzmq's flag enums cost microseconds per operation on this hot path.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+_NOBLOCK = int(zmq.NOBLOCK)
+
 
 class LoopSocket:
     """Feeds every message received on ``socket`` to ``on_message``; loop thread only.
@@ -59,17 +65,17 @@ class LoopSocket:
         socket = self.socket
         for _ in range(BATCH):
             try:
-                events = socket.getsockopt(zmq.EVENTS)
+                events = socket.get(_EVENTS)
             except zmq.ZMQError:
                 return
-            if events & zmq.POLLOUT and self._want_writable:
+            if events & _POLLOUT and self._want_writable:
                 self._want_writable = False
                 if self._on_writable is not None:
                     self._on_writable()
-            if not events & zmq.POLLIN:
+            if not events & _POLLIN:
                 return
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = socket.recv_multipart(_NOBLOCK, copy=False)
             except zmq.Again:
                 return
             except zmq.ZMQError as error:
@@ -88,7 +94,7 @@ class LoopSocket:
         if self._closed:
             return False
         try:
-            self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            self.socket.send_multipart(frames, _NOBLOCK, copy=False)
             sent = True
         except zmq.Again:
             self._want_writable = True

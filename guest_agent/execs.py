@@ -64,6 +64,10 @@ class AgentExec:
     def _send_chunk(self, stream: int, seq: int, data: bytes) -> None:
         self._send([protocol.pack({"ev": "out", "h": self.handle, "s": stream, "q": seq}), data])
 
+    def send_started(self, pid: int) -> None:
+        """Before any output of the exec: its owner learns the start on the event connection."""
+        self._send([protocol.pack({"ev": "started", "h": self.handle, "pid": pid})])
+
     def _send_stdin_ack(self, seq: int) -> None:
         self._send([protocol.pack({"ev": "stdin_ack", "h": self.handle, "q": seq})])
 

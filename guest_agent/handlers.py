@@ -59,7 +59,9 @@ def op_create(agent: Agent, session: Session, message: dict[str, Any]) -> dict[s
 def op_start(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
     record = _lookup(agent, message)
     record.core.start()
-    return {"pid": record.core.snapshot.pid}
+    pid = record.core.snapshot.pid
+    record.send_started(pid)
+    return {"pid": pid}
 
 
 def op_kill(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +161,7 @@ def op_resync(agent: Agent, session: Session, message: dict[str, Any]) -> Then:
             known.append({"h": handle, "known": False})
             continue
         record.set_owner(session)
-        known.append({"h": handle, "known": True,
+        known.append({"h": handle, "known": True, "pid": record.core.snapshot.pid,
                       "stdin_q": record.stdin.last_received if record.stdin is not None else -1,
                       "stdin_acked": record.stdin.delivered if record.stdin is not None else -1})
         replays.append((record, acked))

@@ -101,13 +101,22 @@ class Session:
         self._retry = None
         self.flush()
 
-    def reply(self, request_id: int, header: dict[str, Any]) -> None:
+    def reply(self, listener: LoopSocket, routing_id: bytes, request_id: int, header: dict[str, Any]) -> None:
+        """Answer on the connection the request came from, and remember the answer."""
         frames = [protocol.pack(header)]
         self.replies[request_id] = frames
         while len(self.replies) > REPLY_CACHE:
             evicted, _ = self.replies.popitem(last=False)
             self.forgotten_below = max(self.forgotten_below, evicted)
-        self.send(frames)
+        self.answer(listener, routing_id, frames)
+
+    def answer(self, listener: LoopSocket, routing_id: bytes, frames: list[Any]) -> None:
+        if listener is self.listener and routing_id == self.routing_id:
+            self.send(frames)  # the event connection: in order with events, held if need be
+        elif not listener.send([routing_id, *frames]):
+            # A request-only connection that cannot take it: its client falls back to
+            # the event connection and gets this answer from the cache.
+            log.debug("session %s: dropped a reply to a request-only connection", self.id)
 
     def drop_pending(self) -> None:
         """A resync replays what matters; anything still held is stale."""
@@ -255,7 +264,7 @@ class Agent:
             if session is None:
                 listener.send([routing_id, protocol.pack({"id": request_id, **reply})])
                 return
-            session.reply(request_id, {"id": request_id, **reply})
+            session.reply(listener, routing_id, request_id, {"id": request_id, **reply})
             return
         if session is None:
             # "retry": a client that reconnected to a restarted agent says hello and sorts it out.
@@ -264,12 +273,12 @@ class Agent:
             return
         cached = session.replies.get(request_id)
         if cached is not None:
-            session.send(cached)  # a resent request: answer again, never redo it
+            session.answer(listener, routing_id, cached)  # a resent request: answer again, never redo it
             return
         if request_id <= session.forgotten_below:
             # Possibly handled long ago (its reply is no longer cached): never risk doing it twice.
             error = FailedPreconditionError(f"request {request_id} is too old to be answered again")
-            session.send([protocol.pack({"id": request_id, "error": error.to_wire()})])
+            session.answer(listener, routing_id, [protocol.pack({"id": request_id, "error": error.to_wire()})])
             return
         after = None
         try:
@@ -285,7 +294,7 @@ class Agent:
         except Exception as error:  # a bug must not take the agent down
             log.exception("op %r failed", op)
             reply = {"id": request_id, "error": ExecError(f"internal agent error: {error!r}").to_wire()}
-        session.reply(request_id, reply)
+        session.reply(listener, routing_id, request_id, reply)
         if after is not None:
             after()
 
@@ -316,6 +325,7 @@ class Agent:
                     f"the client offered {header.get('versions')!r}"
                 )
             session_id = protocol.get_str(header, "session", 64)
+            takes_events = protocol.get_bool(header, "events", True)
         except ExecError as error:
             return None, {"error": error.to_wire()}
         session = self.sessions.get(session_id)
@@ -325,15 +335,15 @@ class Agent:
                 return None, {"error": error.to_wire()}
             session = Session(session_id, self.loop)
             self.sessions[session_id] = session
-        if session.routing_id is not None:
-            self.routes.pop((self._listeners.index(session.listener), session.routing_id), None)  # type: ignore[arg-type]
         stale = self.routes.get((index, routing_id))
-        if stale is not None and stale is not session:
+        if stale is not None and stale is not session and stale.routing_id == routing_id:
             stale.listener = stale.routing_id = None
         self.routes[(index, routing_id)] = session
-        session.listener = self._listeners[index]
-        session.routing_id = routing_id
         session.version = version
+        if takes_events:
+            # This connection now gets the session's events (its previous route may still send requests).
+            session.listener = self._listeners[index]
+            session.routing_id = routing_id
         return session, {
             "result": {
                 "version": version,
@@ -356,8 +366,10 @@ class Agent:
     def forget_session(self, session: Session) -> None:
         session.drop_pending()
         self.sessions.pop(session.id, None)
-        if session.listener is not None and session.routing_id is not None:
-            self.routes.pop((self._listeners.index(session.listener), session.routing_id), None)
+        for route, routed in list(self.routes.items()):
+            if routed is session:
+                del self.routes[route]
+        session.listener = session.routing_id = None
         for owned in list(session.owned):
             owned.set_owner(None)
 

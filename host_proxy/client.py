@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from common.state import ExecEvent, ExecStatus
 from common.supervisor import DEFAULT_DRAIN_TIMEOUT
 
 from .connection import Connection, CurveKeys
+from .direct import FallBack
 from .loop_thread import LoopThread, shared_loop
 from .proxied_exec import ProxiedExec
 from .remote_exec import RemoteExec
@@ -58,6 +60,9 @@ class AgentClient:
         self._loop = loop_thread
         self._tunnel = tunnel
         self._closed = False
+        # (task id, exec id) -> its exec, or None while being created: ids are unique per client.
+        self._live: dict[tuple[str, str], RemoteExec | None] = {}
+        self._live_lock = threading.Lock()
 
     @classmethod
     def connect(
@@ -117,8 +122,14 @@ class AgentClient:
     # -- plumbing ---------------------------------------------------------------
 
     def _request(self, op: str, fields: dict[str, Any], on_result: Callable[[Any], None] | None = None) -> Any:
+        request_id = self._conn.next_request_id()
+        if on_result is None:
+            try:
+                return self._conn.direct.request(request_id, op, fields)
+            except FallBack:
+                pass  # through the loop, under the same id
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._loop.loop.call_soon_threadsafe(self._conn.request, op, fields, future, False, on_result)
+        self._loop.loop.call_soon_threadsafe(self._conn.request, op, fields, future, False, on_result, request_id)
         try:
             # The connection fails every request on its own deadlines; this only guards a stuck loop.
             return future.result(self._conn.timeout + self._conn.reconnect_timeout + 30)
@@ -163,9 +174,12 @@ class AgentClient:
         stdio = check_creation(task_id, exec_id, spec, stdio)
         if not isinstance(drain_timeout, (int, float)) or not 0 <= drain_timeout <= protocol.MAX_DRAIN_TIMEOUT:
             raise InvalidArgumentError(f"drain_timeout must be within [0, {protocol.MAX_DRAIN_TIMEOUT:g}] seconds")
-        if self._call(self._find, task_id, exec_id) is not None:
-            raise already_exists_error(task_id, exec_id)
-        ends = open_stdio(stdio)
+        self._reserve(task_id, exec_id)
+        try:
+            ends = open_stdio(stdio)
+        except BaseException:
+            self._release(task_id, exec_id)
+            raise
         try:
             result = self._request("create", {
                 "task": task_id,
@@ -180,11 +194,16 @@ class AgentClient:
             handle = protocol.get_int(result, "h", 0, protocol.MAX_HANDLE)
         except BaseException:
             ends.release()
+            self._release(task_id, exec_id)
             raise
-        remote = self._call(self._track, RemoteExec(
+        remote = RemoteExec(
             self._conn, handle, task_id, exec_id, bundle=bundle, terminal=spec.terminal, paths=ends.paths,
             stdin=ends.stdin, stdout=ends.stdout, stderr=ends.stderr, on_event=on_event,
-        ))
+        )
+        # Tracked before start() can make the agent send anything about it (a dict store is atomic).
+        self._conn.execs[handle] = remote
+        with self._live_lock:
+            self._live[(task_id, exec_id)] = remote
         return ProxiedExec(self, remote)
 
     def attach(
@@ -201,9 +220,12 @@ class AgentClient:
         """
         check_exec_ids(task_id, exec_id)
         stdio = stdio if stdio is not None else Stdio()
-        if self._call(self._find, task_id, exec_id) is not None:
-            raise already_exists_error(task_id, exec_id)
-        ends = open_stdio(stdio)
+        self._reserve(task_id, exec_id)
+        try:
+            ends = open_stdio(stdio)
+        except BaseException:
+            self._release(task_id, exec_id)
+            raise
         attached: list[RemoteExec] = []
 
         def track(result: Any) -> None:
@@ -230,8 +252,11 @@ class AgentClient:
             self._request("attach", {"task": task_id, "exec": exec_id}, track)
         except BaseException:
             ends.release()
+            self._release(task_id, exec_id)
             raise
         remote = attached[0]
+        with self._live_lock:
+            self._live[(task_id, exec_id)] = remote
         return ProxiedExec(self, remote)
 
     def list_execs(self) -> list[ExecStatus]:
@@ -265,23 +290,28 @@ class AgentClient:
 
     # -- loop-thread helpers ------------------------------------------------------
 
-    def _find(self, task_id: str, exec_id: str) -> RemoteExec | None:
-        for remote in self._conn.execs.values():
-            if remote.task_id == task_id and remote.exec_id == exec_id and not remote.deleted:
-                return remote
-        return None
+    def _reserve(self, task_id: str, exec_id: str) -> None:
+        with self._live_lock:
+            if (task_id, exec_id) in self._live:
+                raise already_exists_error(task_id, exec_id)
+            self._live[(task_id, exec_id)] = None
 
-    def _track(self, remote: RemoteExec) -> RemoteExec:
-        self._conn.execs[remote.handle] = remote
-        return remote
+    def _release(self, task_id: str, exec_id: str) -> None:
+        with self._live_lock:
+            self._live.pop((task_id, exec_id), None)
 
     def _track_attached(self, remote: RemoteExec, running: bool) -> None:
         self._conn.execs[remote.handle] = remote
         if running and remote.stdin is not None:
             remote.stdin.start()
 
-    def _untrack(self, remote: RemoteExec) -> None:
+    def _forget(self, remote: RemoteExec) -> None:
+        """After delete: the ids are free again, and the loop drops what it held for the exec."""
         remote.deleted = True
+        self._release(remote.task_id, remote.exec_id)
+        self._loop.loop.call_soon_threadsafe(self._untrack, remote)
+
+    def _untrack(self, remote: RemoteExec) -> None:
         for stream in remote.streams.values():
             stream.abort()
         if remote.stdin is not None:

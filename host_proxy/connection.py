@@ -15,6 +15,7 @@ Loop-thread only; :class:`~host_proxy.client.AgentClient` is the thread-safe fac
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import secrets
 import time
@@ -33,6 +34,8 @@ from common.errors import (
     from_wire,
 )
 from common.zmqloop import LoopSocket
+
+from .direct import DirectRequests
 
 if TYPE_CHECKING:
     from .loop_thread import LoopThread
@@ -96,7 +99,7 @@ class Connection:
         self.window = protocol.DEFAULT_WINDOW
         self.execs: dict[int, RemoteExec] = {}
         self._pending: dict[int, _Pending] = {}
-        self._next_id = 1
+        self._ids = itertools.count(1)  # next() is atomic: callers on any thread take ids
         self._acks: set[InStream] = set()
         self._ack_scheduled = False
         self._lost_timer: Any = None
@@ -105,15 +108,14 @@ class Connection:
         self.reconnects = 0
         self._socket: LoopSocket | None = None
         self._monitor: LoopSocket | None = None
+        self.direct = DirectRequests(self)
 
-    # -- opening and closing --------------------------------------------------------
+    def next_request_id(self) -> int:
+        """A fresh request id (any thread)."""
+        return next(self._ids)
 
-    def open(self, opened: concurrent.futures.Future[dict[str, Any]]) -> None:
-        """Connect and say hello; ``opened`` gets the hello result or an UnavailableError."""
-        self._opened = opened
-        context = zmq.Context.instance()
-        socket = context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.ROUTING_ID, self.session_id)
+    def configure_socket(self, socket: zmq.Socket) -> None:
+        """The options every DEALER of this connection shares (any thread, before connect)."""
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.RECONNECT_IVL, 100)
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -127,6 +129,16 @@ class Connection:
             socket.setsockopt(zmq.CURVE_SERVERKEY, self.curve.server_public)
             socket.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.client_public)
             socket.setsockopt(zmq.CURVE_SECRETKEY, self.curve.client_secret)
+
+    # -- opening and closing --------------------------------------------------------
+
+    def open(self, opened: concurrent.futures.Future[dict[str, Any]]) -> None:
+        """Connect and say hello; ``opened`` gets the hello result or an UnavailableError."""
+        self._opened = opened
+        context = zmq.Context.instance()
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.ROUTING_ID, self.session_id)
+        self.configure_socket(socket)
         monitor = socket.get_monitor_socket(_MONITORED)
         self._monitor = LoopSocket(self.loop, monitor, self._on_monitor_event)
         self._socket = LoopSocket(self.loop, socket, self._on_message)
@@ -153,6 +165,7 @@ class Connection:
         if self.state == "ready" and self._socket is not None:
             self._socket.send([protocol.pack({"op": "bye"})])
         self.state = "closed"
+        self.direct.close()
         for remote in list(self.execs.values()):
             remote.force_locally(255, "the client was closed")
         self._fail_all(UnavailableError(f"the client for {self.display} is closed"))
@@ -167,7 +180,8 @@ class Connection:
     # -- requests ----------------------------------------------------------------------
 
     def request(self, op: str, fields: dict[str, Any], future: concurrent.futures.Future[Any],
-                internal: bool = False, on_result: Callable[[Any], None] | None = None) -> None:
+                internal: bool = False, on_result: Callable[[Any], None] | None = None,
+                request_id: int | None = None) -> None:
         """Send a request; ``future`` gets the result, or the ExecError the agent answered.
 
         ``on_result`` runs on the loop with a successful result before any later
@@ -180,8 +194,8 @@ class Connection:
             future.set_exception(UnavailableError(
                 f"the agent at {self.display} has been unreachable for more than {self.reconnect_timeout:g}s"))
             return
-        request_id = self._next_id
-        self._next_id += 1
+        if request_id is None:
+            request_id = self.next_request_id()
         frames = [protocol.pack({"id": request_id, "op": op, **fields})]
         pending = _Pending(op, frames, future, time.monotonic() + self.timeout, internal=internal,
                            on_result=on_result)
@@ -270,6 +284,10 @@ class Connection:
                     protocol.get_int(header, "status", 0, 255)
                     protocol.get_seqs(header, "q")
                     remote.on_exit(header)
+            elif event == "started":
+                remote = self.execs.get(header.get("h"))  # type: ignore[arg-type]
+                if remote is not None:
+                    remote.on_started(protocol.get_int(header, "pid", 1, 2**31))
             elif event == "stdin_ack":
                 remote = self.execs.get(header.get("h"))  # type: ignore[arg-type]
                 if remote is not None and remote.stdin is not None:
@@ -331,9 +349,9 @@ class Connection:
 
     def _say_hello(self) -> None:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._hello_id = self.next_request_id()
         self.request("hello", {"versions": list(protocol.VERSIONS), "session": self.session_id.hex(),
-                               "client": "uvmexec-host/0.1.0"}, future, internal=True)
-        self._hello_id = self._next_id - 1
+                               "client": "uvmexec-host/0.1.0"}, future, internal=True, request_id=self._hello_id)
         future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(self._on_hello, done))
 
     def _on_hello(self, done: concurrent.futures.Future[Any]) -> None:

@@ -75,10 +75,8 @@ class ProxiedExec(Exec):
         return status
 
     def start(self) -> None:
-        def started(result: Any) -> None:
-            self._remote.on_started(protocol.get_int(result, "pid", 1, 2**31))
-
-        self._request("start", on_result=started)
+        # The agent's "started" event (ordered before any output) records the pid and publishes ExecStarted.
+        self._request("start")
 
     def kill(self, signal: int, all: bool = False) -> None:  # noqa: A002 - the seed's name
         self._check_live()
@@ -141,5 +139,5 @@ class ProxiedExec(Exec):
             final = remote.final  # the agent lost it or is gone; it already ended here
         else:
             final = remote.final or protocol.status_from_wire(result)
-        self._client._call(self._client._untrack, remote)
+        self._client._forget(remote)
         return final

@@ -211,6 +211,9 @@ class RemoteExec:
     # -- lifecycle -------------------------------------------------------------
 
     def on_started(self, pid: int) -> None:
+        """The agent's ``started`` event (or a resync that reveals a start we missed): once."""
+        if self.pid:
+            return
         self.pid = pid
         if self.on_event is not None:
             self.conn.dispatch_event(self.on_event, ExecStarted(self.exec_id, pid))
@@ -295,6 +298,8 @@ class RemoteExec:
         if not entry.get("known"):
             self.force_locally(255, "the agent no longer knows it")
             return
+        if entry.get("pid") and not self.pid:
+            self.on_started(entry["pid"])  # the started event was lost with the connection
         if self.stdin is not None:
             # Acknowledgements sent while the connection was down are lost: take the agent's word.
             self.stdin.on_ack(entry.get("stdin_acked", -1))
