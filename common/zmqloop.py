@@ -49,7 +49,7 @@ class LoopSocket:
         self._want_writable = False
         self._check_scheduled = False
         self._closed = False
-        self._fd = socket.getsockopt(zmq.FD)
+        self._fd: int = socket.get(zmq.FD)  # type: ignore[assignment]
         loop.add_reader(self._fd, self._check)
         self._schedule_check()
 
@@ -65,7 +65,7 @@ class LoopSocket:
         socket = self.socket
         for _ in range(BATCH):
             try:
-                events = socket.get(_EVENTS)
+                events: int = socket.get(_EVENTS)  # type: ignore[assignment]
             except zmq.ZMQError:
                 return
             if events & _POLLOUT and self._want_writable:

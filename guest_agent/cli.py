@@ -43,9 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyFileError) as error:
         print(f"uvm-agent: {error}", file=sys.stderr)
         return 2
-    stopping = loop.create_future()
+    stopping: asyncio.Future[None] = loop.create_future()
+
+    def stop() -> None:
+        if not stopping.done():
+            stopping.set_result(None)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: stopping.done() or stopping.set_result(None))
+        loop.add_signal_handler(signum, stop)
     log.info("listening on %s (boot %s)", ", ".join(agent.endpoints), agent.boot_id)
     # The line tests and launchers wait for: every endpoint is bound.
     print(f"uvm-agent ready {' '.join(agent.endpoints)}", flush=True)

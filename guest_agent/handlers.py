@@ -66,13 +66,14 @@ def op_start(agent: Agent, session: Session, message: dict[str, Any]) -> dict[st
 
 def op_kill(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
     record = _lookup(agent, message)
-    record.core.kill(message.get("signal"), protocol.get_bool(message, "all", False))
+    # The core checks the signal after the state, as for LocalExec: pass what came.
+    record.core.kill(message.get("signal"), protocol.get_bool(message, "all", False))  # type: ignore[arg-type]
     return {}
 
 
 def op_resize(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
     record = _lookup(agent, message)
-    record.core.resize_pty(message.get("width"), message.get("height"))
+    record.core.resize_pty(message.get("width"), message.get("height"))  # type: ignore[arg-type]
     return {}
 
 
@@ -90,7 +91,7 @@ def op_status(agent: Agent, session: Session, message: dict[str, Any]) -> dict[s
 
 
 def op_force_exit(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
-    _lookup(agent, message).core.force_exit(message.get("status"))
+    _lookup(agent, message).core.force_exit(message.get("status"))  # type: ignore[arg-type]
     return {}
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import stat
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -181,8 +183,7 @@ class Agent:
             except BaseException:
                 socket.close()
                 raise
-            index = len(self._listeners)
-            listener = LoopSocket(self.loop, socket, lambda frames, index=index: self._on_message(index, frames))
+            listener = LoopSocket(self.loop, socket, functools.partial(self._on_message, len(self._listeners)))
             self._listeners.append(listener)
             self.endpoints.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
 
@@ -260,16 +261,16 @@ class Agent:
             self._protocol_error(listener, routing_id, "id must be an unsigned 63-bit integer")
             return
         if op == "hello":
-            session, reply = self._hello(index, routing_id, header)
-            if session is None:
-                listener.send([routing_id, protocol.pack({"id": request_id, **reply})])
-                return
-            session.reply(listener, routing_id, request_id, {"id": request_id, **reply})
+            bound, hello_reply = self._hello(index, routing_id, header)
+            if bound is None:
+                listener.send([routing_id, protocol.pack({"id": request_id, **hello_reply})])
+            else:
+                bound.reply(listener, routing_id, request_id, {"id": request_id, **hello_reply})
             return
         if session is None:
             # "retry": a client that reconnected to a restarted agent says hello and sorts it out.
-            error = FailedPreconditionError("no session: send hello first")
-            listener.send([routing_id, protocol.pack({"id": request_id, "error": error.to_wire(), "retry": True})])
+            refusal = FailedPreconditionError("no session: send hello first")
+            listener.send([routing_id, protocol.pack({"id": request_id, "error": refusal.to_wire(), "retry": True})])
             return
         cached = session.replies.get(request_id)
         if cached is not None:
@@ -277,26 +278,30 @@ class Agent:
             return
         if request_id <= session.forgotten_below:
             # Possibly handled long ago (its reply is no longer cached): never risk doing it twice.
-            error = FailedPreconditionError(f"request {request_id} is too old to be answered again")
-            session.answer(listener, routing_id, [protocol.pack({"id": request_id, "error": error.to_wire()})])
+            too_old = FailedPreconditionError(f"request {request_id} is too old to be answered again")
+            session.answer(listener, routing_id, [protocol.pack({"id": request_id, "error": too_old.to_wire()})])
             return
-        after = None
+        reply, after = self._handle(session, op, header)
+        session.reply(listener, routing_id, request_id, {"id": request_id, **reply})
+        if after is not None:
+            after()
+
+    def _handle(self, session: Session, op: object, header: dict[str, Any]
+                ) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        """Run one request's handler: ``({"result": …} or {"error": …}, what to send after the reply)``."""
         try:
             handler = handlers.REQUESTS.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise UnimplementedError(f"unknown op {str(op)[:64]!r}")
             result = handler(self, session, header)
             if isinstance(result, handlers.Then):
-                result, after = result.result, result.after
-            reply: dict[str, Any] = {"id": request_id, "result": result}
+                return {"result": result.result}, result.after
+            return {"result": result}, None
         except ExecError as error:
-            reply = {"id": request_id, "error": error.to_wire()}
+            return {"error": error.to_wire()}, None
         except Exception as error:  # a bug must not take the agent down
             log.exception("op %r failed", op)
-            reply = {"id": request_id, "error": ExecError(f"internal agent error: {error!r}").to_wire()}
-        session.reply(listener, routing_id, request_id, reply)
-        if after is not None:
-            after()
+            return {"error": ExecError(f"internal agent error: {error!r}").to_wire()}, None
 
     def _on_notification(self, session: Session | None, op: object, header: dict[str, Any],
                          payload: memoryview | None) -> None:
@@ -331,8 +336,8 @@ class Agent:
         session = self.sessions.get(session_id)
         if session is None:
             if len(self.sessions) >= MAX_SESSIONS and not self._evict_idle_session():
-                error = FailedPreconditionError(f"the agent serves the maximum of {MAX_SESSIONS} sessions")
-                return None, {"error": error.to_wire()}
+                full = FailedPreconditionError(f"the agent serves the maximum of {MAX_SESSIONS} sessions")
+                return None, {"error": full.to_wire()}
             session = Session(session_id, self.loop)
             self.sessions[session_id] = session
         stale = self.routes.get((index, routing_id))

@@ -135,8 +135,7 @@ class Connection:
     def open(self, opened: concurrent.futures.Future[dict[str, Any]]) -> None:
         """Connect and say hello; ``opened`` gets the hello result or an UnavailableError."""
         self._opened = opened
-        context = zmq.Context.instance()
-        socket = context.socket(zmq.DEALER)
+        socket: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.ROUTING_ID, self.session_id)
         self.configure_socket(socket)
         monitor = socket.get_monitor_socket(_MONITORED)

@@ -85,7 +85,7 @@ class DirectRequests:
 
     def _open(self, index: int) -> zmq.Socket:
         conn = self._conn
-        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
         try:
             # Its own routing id: the agent must not mistake it for the event connection.
             socket.setsockopt(zmq.ROUTING_ID, conn.session_id + bytes([index]))
@@ -112,11 +112,11 @@ class DirectRequests:
                 raise FallBack(f"undecodable answer: {error}") from None
             if header.get("id") != request_id:
                 continue  # the late answer to an earlier request that went the other way
-            error = header.get("error")
-            if error is not None:
-                if header.get("retry") or not isinstance(error, dict):
+            failure = header.get("error")
+            if failure is not None:
+                if header.get("retry") or not isinstance(failure, dict):
                     raise FallBack("the agent wants a new hello")
-                raise from_wire(error.get("code"), error.get("message"))
+                raise from_wire(failure.get("code"), failure.get("message"))
             return header.get("result")
 
     def request(self, request_id: int, op: str, fields: dict[str, Any]) -> Any:

@@ -65,7 +65,8 @@ class LoopThread:
 
     def run(self, coroutine: Awaitable[T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop and wait for it; ``TimeoutError`` after ``timeout``."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)  # type: ignore[arg-type]
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+            coroutine, self.loop)  # type: ignore[arg-type]
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:

@@ -225,8 +225,8 @@ class ExecCore:
     def _start_pumps(self, spawned: Spawned, terminal: bool) -> None:
         label = f"exec {self.task_id}/{self.exec_id}"
         if spawned.pty_master is not None:
-            sink = self._stdout if self._stdout is not None else NullSink()
-            self._pumps.append(self.loop.create_task(pump_output(spawned.pty_master, sink, self._drain, label)))
+            pty_sink = self._stdout if self._stdout is not None else NullSink()
+            self._pumps.append(self.loop.create_task(pump_output(spawned.pty_master, pty_sink, self._drain, label)))
             if self._stdin is not None:
                 eof_char = termios.tcgetattr(spawned.pty_master)[6][termios.VEOF]
                 self.loop.create_task(self._feed_stdin(self._stdin, spawned.pty_master, eof_char))

@@ -22,6 +22,7 @@ import struct
 import subprocess
 import termios
 from dataclasses import dataclass
+from typing import Any
 
 from ..spec import MAX_RLIM, ProcessSpec
 
@@ -230,7 +231,7 @@ def spawn(spec: ProcessSpec, *, feed_stdin: bool, capture_stdout: bool, capture_
         change_identity = _identity_change_needed(spec)
         needs_setup = bool(spec.terminal or spec.rlimits or spec.no_new_privileges or change_identity)
         # The native path (vfork) enters cwd itself; the set-up path does it as the target user.
-        options: dict[str, object] = {"cwd": spec.cwd}
+        options: dict[str, Any] = {"cwd": spec.cwd}
         if needs_setup:
             report_read, report_write = os.pipe2(os.O_CLOEXEC)
             options["preexec_fn"] = _ChildSetup(
@@ -252,7 +253,7 @@ def spawn(spec: ProcessSpec, *, feed_stdin: bool, capture_stdout: bool, capture_
                 stderr=child_stderr,
                 env=env,
                 close_fds=True,
-                **options,  # type: ignore[arg-type]
+                **options,
             )
         except subprocess.SubprocessError:
             # Only our preexec step raises this; it wrote the real cause first.
