@@ -75,8 +75,11 @@ class ProxiedExec(Exec):
         return status
 
     def start(self) -> None:
-        # The agent's "started" event (ordered before any output) records the pid and publishes ExecStarted.
-        self._request("start")
+        result = self._request("start")
+        # The agent's "started" event (ordered before this exec's output and exit) may not have been
+        # handled yet if the reply came on a request-only connection: record the start on the loop
+        # now (once), so that when start() returns this host knows the exec runs.
+        self._client._call(self._remote.on_started, protocol.get_int(result, "pid", 1, 2**31))
 
     def kill(self, signal: int, all: bool = False) -> None:  # noqa: A002 - the seed's name
         self._check_live()
@@ -122,8 +125,9 @@ class ProxiedExec(Exec):
     def delete(self) -> ExecStatus:
         self._check_live()
         remote = self._remote
-        if remote.exit_header is not None and remote.final is None:
-            # Exited on the agent, output still being written here: still RUNNING, as for LocalExec.
+        if remote.pid and remote.final is None:
+            # Started and not finished here (the agent may be done, but its output is still on the
+            # way or being written): still RUNNING, as a draining LocalExec is.
             raise invalid_state_error(remote.task_id, remote.exec_id, ExecState.RUNNING, "delete")
         if remote.forced_locally and remote.final is not None:
             # Ended here while the agent was away; make the agent agree before forgetting it.
@@ -139,5 +143,9 @@ class ProxiedExec(Exec):
             final = remote.final  # the agent lost it or is gone; it already ended here
         else:
             final = remote.final or protocol.status_from_wire(result)
+            if remote.final is None:
+                # Never started (a created exec, or a failed start): its exit record travels on the
+                # event connection and may come after this reply; the reply is as final, so end it here.
+                self._client._call(remote.finish, final.exit_status, final.exited_at, False, final.pid)
         self._client._forget(remote)
         return final

@@ -113,7 +113,9 @@ class OutStdin:
                     await self._credit
                 if self._stop.is_set():
                     break
-                reading = asyncio.ensure_future(self.source.read(CHUNK_SIZE))
+                # Never more than the credit left: the agent refuses a chunk that overflows the window.
+                credit = min(CHUNK_SIZE, self.window - self._unacked_bytes)
+                reading = asyncio.ensure_future(self.source.read(credit))
                 stopping = asyncio.ensure_future(self._stop.wait())
                 try:
                     await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -252,10 +254,9 @@ class RemoteExec:
             except OSError as error:
                 log.warning("exec %s: closing output: %s", self.label, error)
         exited_at = protocol.datetime_from_wire(header.get("at")) or utc_now()
-        self.finish(header["status"], exited_at, started=bool(header.get("started")),
-                    pid=header.get("pid", self.pid))
+        self.finish(header["status"], exited_at, bool(header.get("started")), header.get("pid", self.pid))
 
-    def finish(self, exit_status: int, exited_at: datetime.datetime, *, started: bool, pid: int) -> None:
+    def finish(self, exit_status: int, exited_at: datetime.datetime | None, started: bool, pid: int) -> None:
         """Become EXITED on the host: release waiters, publish the exit (if the exec started)."""
         if self.final is not None:
             return
@@ -271,11 +272,12 @@ class RemoteExec:
             stderr=self.paths[2],
             terminal=self.terminal,
             exit_status=exit_status,
-            exited_at=exited_at,
+            exited_at=exited_at or utc_now(),
         )
         self.finalized.set()
         if started and self.on_event is not None:
-            self.conn.dispatch_event(self.on_event, ExecExited(self.exec_id, self.pid, exit_status, exited_at))
+            self.conn.dispatch_event(self.on_event, ExecExited(self.exec_id, self.pid, exit_status,
+                                                               self.final.exited_at))  # type: ignore[arg-type]
 
     def force_locally(self, exit_status: int, why: str) -> None:
         """The agent is gone (or lost this exec): end it here without it."""
@@ -287,7 +289,7 @@ class RemoteExec:
             state.abort()
         if self.stdin is not None:
             self.stdin.abort()
-        self.finish(exit_status, utc_now(), started=self.pid != 0, pid=self.pid)
+        self.finish(exit_status, utc_now(), self.pid != 0, self.pid)
 
     # -- reconnects ---------------------------------------------------------------
 
