@@ -54,6 +54,14 @@ class UnavailableError(ExecError, ConnectionError):
     code = "unavailable"
 
 
+class AuthenticationError(UnavailableError):
+    """The peer refused our key, or its own key is not the one we trust (CURVE or SSH).
+
+    Raised on the host at connect time; on the wire it would travel as
+    ``unavailable``, so it adds no wire code.
+    """
+
+
 class DeadlineExceededError(ExecError, TimeoutError):
     """A deadline passed before the operation completed (also a ``TimeoutError``)."""
 

@@ -1,7 +1,28 @@
-"""The host side of uvmexec: execs on this host (``LocalExec``) or behind an agent (``AgentClient``)."""
+"""The host side of uvmexec: execs on this host (``LocalExec``) or behind an agent (``AgentClient``).
 
-from .client import AgentClient
-from .local_exec import LocalExec
-from .proxied_exec import ProxiedExec
+The public names are loaded on first use (PEP 562), so ``import host_proxy``
+(and the ``uvmexec`` command starting up) does not pay for ZeroMQ and asyncio
+until something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["AgentClient", "LocalExec", "ProxiedExec"]
+
+_WHERE = {"AgentClient": ".client", "LocalExec": ".local_exec", "ProxiedExec": ".proxied_exec"}
+
+if TYPE_CHECKING:
+    from .client import AgentClient
+    from .local_exec import LocalExec
+    from .proxied_exec import ProxiedExec
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from common import protocol
 from common.errors import (
+    AuthenticationError,
     ExecError,
     UnavailableError,
     UnimplementedError,
@@ -334,11 +335,11 @@ class Connection:
             if self.state in ("lost", "gone") and self._hello_id is None:
                 self._say_hello()
         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            self._fail_open(UnavailableError(
+            self._fail_open(AuthenticationError(
                 f"the agent at {self.display} refused this client's key (it is not among its authorized keys)"
             ))
         elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-            self._fail_open(UnavailableError(
+            self._fail_open(AuthenticationError(
                 f"the CURVE handshake with the agent at {self.display} failed (wrong server key, or not a uvmexec agent)"
             ))
         elif event == zmq.EVENT_DISCONNECTED and self.state == "ready":

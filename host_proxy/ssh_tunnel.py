@@ -34,7 +34,7 @@ from types import TracebackType
 import paramiko
 from paramiko.common import MSG_CHANNEL_WINDOW_ADJUST
 
-from common.errors import InvalidArgumentError, UnavailableError
+from common.errors import AuthenticationError, InvalidArgumentError, UnavailableError
 
 from .known_hosts import KnownHosts, describe_key, load_private_key
 from .ssh_endpoint import SshTarget
@@ -292,12 +292,12 @@ class SshTunnel:
         name = self.target.known_hosts_name
         where = f"ssh {self.target.address}: host key verification failed"
         if known_hosts.is_revoked(key):
-            raise UnavailableError(
+            raise AuthenticationError(
                 f"{where}: the server offered {describe_key(key)}, REVOKED in {known_hosts.path}"
             )
         known = known_hosts.keys_for(name)
         if not known:
-            raise UnavailableError(
+            raise AuthenticationError(
                 f"{where}: no key for {name} in known_hosts {known_hosts.path}; "
                 f"the server offered {describe_key(key)}"
             )
@@ -306,12 +306,12 @@ class SshTunnel:
         same_type = [candidate for candidate in known if candidate.get_name() == key.get_name()]
         if same_type:
             expected = ", ".join(candidate.fingerprint for candidate in same_type)
-            raise UnavailableError(
+            raise AuthenticationError(
                 f"{where}: HOST KEY CHANGED for {name}: the server offered {describe_key(key)}, "
                 f"known_hosts {known_hosts.path} has {expected}"
             )
         types = ", ".join(sorted({candidate.get_name() for candidate in known}))
-        raise UnavailableError(
+        raise AuthenticationError(
             f"{where}: the server offered {describe_key(key)}, but known_hosts {known_hosts.path} "
             f"lists only {types} keys for {name}"
         )
@@ -323,7 +323,7 @@ class SshTunnel:
             further = transport.auth_publickey(self.target.user, self._key)
         except paramiko.BadAuthenticationType as error:
             allowed = ", ".join(error.allowed_types) or "none"
-            raise UnavailableError(f"{rejected}: public keys are not accepted (allowed: {allowed})") from None
+            raise AuthenticationError(f"{rejected}: public keys are not accepted (allowed: {allowed})") from None
         except paramiko.AuthenticationException:
             # paramiko reports a lost connection and its own timeout as
             # AuthenticationException too; tell them apart from a rejection.
@@ -331,9 +331,9 @@ class SshTunnel:
                 raise EOFError("the connection closed") from None
             if time.monotonic() >= deadline:
                 raise TimeoutError() from None
-            raise UnavailableError(rejected) from None
+            raise AuthenticationError(rejected) from None
         if further:
-            raise UnavailableError(f"{rejected}: it demands more authentication ({', '.join(further)})")
+            raise AuthenticationError(f"{rejected}: it demands more authentication ({', '.join(further)})")
 
     def _forget(self, transport: paramiko.Transport | None) -> None:
         if transport is None:

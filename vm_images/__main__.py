@@ -26,7 +26,8 @@ from .qemu import QemuError
 EXIT_NOT_RUNNING = 3
 
 
-def _print_info(info: GuestInfo, as_json: bool) -> None:
+def print_info(info: GuestInfo, as_json: bool) -> None:
+    """How to reach a running guest, for people (or as JSON); also what `uvmexec vm up|status` print."""
     if as_json:
         print(json.dumps({"running": True, **info.to_json()}, indent=2))
         return
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             chosen = ImagePaths.from_directory(args.image) if args.image else None
             info = daemon.up(chosen, memory_mb=args.memory, cpus=args.cpus, accel=args.accel,
                              ready_timeout=args.timeout)
-            _print_info(info, args.json)
+            print_info(info, args.json)
         elif args.command == "down":
             outcome = daemon.down(timeout=args.timeout)
             print("not running" if outcome is None else f"stopped ({outcome})")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             if found is None:
                 print(json.dumps({"running": False}) if args.json else "not running")
                 return EXIT_NOT_RUNNING
-            _print_info(found, args.json)
+            print_info(found, args.json)
     except (BuildError, GuestBootError, QemuError) as error:
         print(f"vm_images {args.command}: {error}", file=sys.stderr)
         return 1

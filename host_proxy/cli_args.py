@@ -1,0 +1,141 @@
+"""Every ``uvmexec`` command line option, and nothing heavier than argparse.
+
+Promise: :func:`build_parser` parses a command line into a namespace whose
+``handler`` names the function that runs it (``"module:function"``, imported
+only then) — so ``uvmexec run`` can start its private agent before it pays
+for importing ZeroMQ and the client, and the two overlap. Usage errors exit
+125 with a pointer to ``--help``, as docker's do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from .cli_errors import EXIT_CODE_TABLE, Exit
+
+DEFAULT_TASK = "uvmexec"
+DEFAULT_TIMEOUT = 10.0
+RUN_USAGE = ("uvmexec run [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--cwd DIR] [--user UID[:GID]] "
+             "[--] CMD [ARG...]")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(Exit.FAILED, f"uvmexec: {message}\nSee '{self.prog} --help'.\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="uvmexec", description="Run processes inside utility VMs as if they were local.",
+                    epilog=EXIT_CODE_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks and the library's debug log ($UVMEXEC_DEBUG=1)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+    _add_run(commands)
+    _add_ps(commands)
+    keygen = commands.add_parser("keygen", help="make CURVE keys for an agent and its client",
+                                 description="Make agent.key(_secret), client.key(_secret) and "
+                                             "authorized_keys/ in DIR (never overwriting).")
+    keygen.add_argument("directory", metavar="DIR")
+    keygen.set_defaults(handler="cli:keygen_command")
+    _add_vm(commands)
+    for sub in commands.choices.values():
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
+        sub.epilog = EXIT_CODE_TABLE
+        # --debug is accepted after the command too ("uvmexec run --debug -- ...").
+        sub.add_argument("--debug", dest="debug_here", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def add_connection_options(parser: argparse.ArgumentParser, *, embedded: bool) -> None:
+    group = parser.add_argument_group("where it runs" if embedded else "which agent")
+    where = group.add_mutually_exclusive_group()
+    default = ("default: $UVMEXEC_GUEST, else a private agent on this host (no VM)" if embedded
+               else "default: $UVMEXEC_GUEST")
+    where.add_argument("--guest", metavar="ENDPOINT",
+                       help=f"agent endpoint: ipc:///path, tcp://host:port or ssh://user@host:port ({default})")
+    where.add_argument("--vm", action="store_true",
+                       help="the VM that 'uvmexec vm up' started (booted first if none runs)")
+    group.add_argument("--keys", metavar="DIR",
+                       help="a directory made by 'uvmexec keygen': --server-key DIR/agent.key and "
+                            "--client-key DIR/client.key_secret ($UVMEXEC_KEYS)")
+    group.add_argument("--server-key", metavar="FILE",
+                       help="the agent's public certificate, pinned over tcp ($UVMEXEC_SERVER_KEY)")
+    group.add_argument("--client-key", metavar="FILE",
+                       help="our secret certificate, presented over tcp ($UVMEXEC_CLIENT_KEY)")
+    group.add_argument("--insecure", action="store_true", help="plaintext tcp, without CURVE")
+    group.add_argument("--ssh-key", metavar="FILE", help="private key for ssh:// ($UVMEXEC_SSH_KEY)")
+    group.add_argument("--known-hosts", metavar="FILE",
+                       help="known_hosts pinning the ssh:// host key ($UVMEXEC_KNOWN_HOSTS)")
+    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"give up on an agent that does not answer (default {DEFAULT_TIMEOUT:g})")
+
+
+def is_embedded(args: argparse.Namespace) -> bool:
+    """``run`` goes through a private agent: neither --guest, --vm nor $UVMEXEC_GUEST names one."""
+    return not args.vm and not (args.guest or os.environ.get("UVMEXEC_GUEST"))
+
+
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
+        "run", help="run a command with this terminal's stdio attached", usage=RUN_USAGE,
+        description="Run CMD in a guest, like 'docker exec'. Its exit code becomes uvmexec's. "
+                    "Without --guest or --vm it runs through a private agent on this host.")
+    run.add_argument("-i", "--interactive", action="store_true", help="stream stdin to the command")
+    run.add_argument("-t", "--tty", action="store_true", help="give the command a pseudo-terminal")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                     help="set K in the command's environment; a bare K copies it from ours (repeatable)")
+    run.add_argument("-w", "--cwd", "--workdir", default="/", metavar="DIR",
+                     help="working directory in the guest (default /)")
+    run.add_argument("-u", "--user", metavar="UID[:GID]",
+                     help="numeric identity (default: root in a guest, yourself for the private agent)")
+    run.add_argument("--task", default=DEFAULT_TASK, help=f"task id (default {DEFAULT_TASK})")
+    run.add_argument("--id", dest="exec_id", metavar="EXEC", help="exec id (default run-PID-RANDOM)")
+    add_connection_options(run, embedded=True)
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
+    run.set_defaults(handler="cli_run:run_command")
+
+
+def _add_ps(commands: argparse._SubParsersAction) -> None:
+    ps = commands.add_parser("ps", help="list the execs an agent tracks",
+                             description="List the execs an agent tracks, whoever created them.")
+    ps.add_argument("--json", action="store_true", help="print JSON")
+    add_connection_options(ps, embedded=False)
+    ps.set_defaults(handler="cli_ps:ps_command")
+    status = commands.add_parser("status", help="show one exec's status",
+                                 description="Show one exec's status: TASK/EXEC, or an exec id "
+                                             "that only one task uses.")
+    status.add_argument("exec_ref", metavar="TASK/EXEC")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    add_connection_options(status, embedded=False)
+    status.set_defaults(handler="cli_ps:status_command")
+
+
+def _add_vm(commands: argparse._SubParsersAction) -> None:
+    vm = commands.add_parser("vm", help="build, boot, stop or inspect the background VM",
+                             description="The background VM that 'uvmexec run --vm' uses.")
+    actions = vm.add_subparsers(dest="vm_command", metavar="{build,up,down,status}", parser_class=Parser)
+    actions.required = True
+    build = actions.add_parser("build", help="build or reuse the cached guest image (needs root)")
+    build.add_argument("--cache-dir", type=Path,
+                       help="default: $UVMEXEC_IMAGE_CACHE or ~/.cache/uvmexec/images")
+    build.add_argument("--json", action="store_true", help="print the image manifest as JSON")
+    up = actions.add_parser("up", help="boot the background VM unless one runs")
+    up.add_argument("--memory", type=int, default=512, metavar="MIB")
+    up.add_argument("--cpus", type=int, default=2)
+    up.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    up.add_argument("--boot-timeout", type=float, default=90.0, metavar="SECONDS",
+                    help="seconds to wait for the agent (default 90)")
+    up.add_argument("--image", type=Path, help="boot this built image directory")
+    up.add_argument("--json", action="store_true")
+    down = actions.add_parser("down", help="stop the background VM")
+    down.add_argument("--stop-timeout", type=float, default=15.0, metavar="SECONDS")
+    status = actions.add_parser("status", help="is the background VM running? (exit 3 if not)")
+    status.add_argument("--json", action="store_true")
+    for parser in (vm, build, up, down, status):
+        parser.set_defaults(handler="cli_vm:vm_command")

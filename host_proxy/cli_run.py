@@ -1,0 +1,313 @@
+"""``uvmexec run``: a command in a guest (or the private agent) with this terminal's stdio attached.
+
+Promise, as ``docker exec``:
+
+- stdout and stderr stream to ours while the command runs, byte for byte
+  (with ``-t`` the pty carries both, on stdout); the command's exit status is
+  returned (128+N when a signal N killed it) and becomes uvmexec's exit code;
+- ``-i`` streams our stdin and closes the command's stdin on our EOF; without
+  it the command reads ``/dev/null``;
+- ``-t`` gives it a pty sized like our terminal; with ``-i`` on a tty our
+  terminal goes raw (keys, Ctrl-C included, reach the pty as typed) and is
+  restored on every exit path; window-size changes (SIGWINCH) are forwarded
+  through ``resize_pty``; after SIGCONT raw mode is re-applied;
+- signals to uvmexec are forwarded to the command: SIGINT (Ctrl-C without a
+  raw terminal), SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2; the third SIGINT
+  within 5 s sends SIGKILL instead. When the agent has left an earlier forward
+  unanswered for over a second (it is lost), that third SIGINT, or another
+  SIGTERM/SIGHUP, gives up on the command at once: one line, exit 69, nothing
+  more asked of the agent. (A SIGTERM that arrives twice at once, as
+  ``timeout`` sends it, is just forwarded twice.)
+- when our stdout's reader goes away (``uvmexec run -- yes | head``) the
+  command gets SIGPIPE, as it would in a local pipeline;
+- the exec is deleted from the agent once it exited, so no record is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import logging
+import os
+import pwd
+import secrets
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import BinaryIO, cast
+
+from common import ExecState, ProcessSpec, Stdio, User
+from common.errors import ExecError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from common.spec import DEFAULT_PATH
+
+from . import cli_connect
+from .cli_args import is_embedded
+from .cli_errors import CliError, Exit, classify, classify_start
+from .cli_signals import EVENT_BROKEN_PIPE, EVENT_EXITED, SignalRelay
+from .cli_stdio import FdReader, FdWriter
+from .cli_terminal import RawMode, terminal_fd, window_size
+from .proxied_exec import ProxiedExec
+
+log = logging.getLogger("uvmexec")
+
+FORWARDED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2}
+INTERRUPTS_TO_KILL = 3
+INTERRUPT_WINDOW = 5.0
+DELETE_WAIT = 5.0
+STUCK_AFTER = 1.0  # an agent that leaves a forwarded signal unanswered this long is not answering
+
+
+def parse_user(text: str | None, embedded: bool) -> User:
+    if text is None:
+        # The private agent runs as us: by default so does the command (no identity switch needed).
+        return User(os.geteuid(), os.getegid(), tuple(os.getgroups())) if embedded else User(0, 0)
+    uid_text, _, gid_text = text.partition(":")
+    if not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
+        raise CliError(f"--user {text!r}: give a numeric UID or UID:GID")
+    try:
+        return User(int(uid_text), int(gid_text or 0))
+    except InvalidArgumentError as error:
+        raise CliError(f"--user {text!r}: {error}") from None
+
+
+def build_env(entries: list[str], user: User, tty: bool, embedded: bool) -> list[str]:
+    env = [f"PATH={DEFAULT_PATH}"]
+    home = "/root" if user.uid == 0 else "/"
+    if embedded and user.uid != 0:
+        try:
+            home = pwd.getpwuid(user.uid).pw_dir
+        except KeyError:
+            pass
+    env.append(f"HOME={home}")
+    if tty:
+        env.append(f"TERM={os.environ.get('TERM') or 'xterm'}")
+    for entry in entries:
+        if entry.startswith("="):
+            raise CliError(f"--env {entry!r}: the name is empty")
+        if "=" in entry:
+            env.append(entry)
+        elif entry in os.environ:  # docker's "--env K": take K from ours, or nothing if unset
+            env.append(f"{entry}={os.environ[entry]}")
+    return env
+
+
+def run_command(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise CliError("run needs a command: uvmexec run [OPTIONS] [--] CMD [ARG...]")
+    if args.tty and args.interactive and not os.isatty(0):
+        raise CliError("the input device is not a TTY (drop -t, or run from a terminal)")
+    embedded = is_embedded(args)
+    user = parse_user(args.user, embedded)
+    local_tty = terminal_fd(0, 1) if args.tty else None
+    try:
+        spec = ProcessSpec(args=command, env=build_env(args.env, user, args.tty, embedded), cwd=args.cwd,
+                           terminal=args.tty, console_size=window_size(local_tty), user=user)
+    except InvalidArgumentError as error:
+        raise CliError(str(error).replace("invalid process spec: ", "")) from None
+    exec_id = args.exec_id or f"run-{os.getpid()}-{secrets.token_hex(2)}"
+    # main() installs the relay and spawns the private agent before importing us; alone, we do it.
+    given: SignalRelay | None = getattr(args, "relay", None)
+    own_relay = given is None
+    relay = SignalRelay().install() if given is None else given
+    try:
+        with cli_connect.connect(args, allow_embedded=True, debug=args.debug, progress=sys.stderr.isatty(),
+                                 private_agent=getattr(args, "private_agent", None)) as target:
+            return _run(target, args, spec, exec_id, relay, local_tty)
+    finally:
+        if own_relay:
+            relay.uninstall()
+
+
+def _run(target: cli_connect.Target, args: argparse.Namespace, spec: ProcessSpec, exec_id: str,
+         relay: SignalRelay, local_tty: int | None) -> int:
+    reader = FdReader(0) if args.interactive else None
+    out = FdWriter(1, on_broken=lambda: relay.post(EVENT_BROKEN_PIPE))
+    err = None if args.tty else FdWriter(2)
+    try:
+        # FdReader/FdWriter are the file objects Stdio takes (read1/read, write); typed as BinaryIO there.
+        stdio = Stdio(stdin=cast(BinaryIO, reader), stdout=cast(BinaryIO, out), stderr=cast(BinaryIO, err))
+        made = target.client.create_exec(args.task, exec_id, spec, stdio)
+    except ExecError as error:
+        if reader is not None:
+            reader.close()
+        raise classify(error, target.where) from None
+    raw = RawMode(0) if args.tty and args.interactive else None
+    abandoned = started = False
+    try:
+        if raw is not None:
+            raw.enter()
+            _raw_logging(True)
+        relay.relay()
+        started = True
+        try:
+            made.start()
+        except ExecError as error:
+            raise classify_start(error, target.where) from None
+        watcher = threading.Thread(target=_post_exit, args=(made, relay), name="uvmexec-wait", daemon=True)
+        watcher.start()
+        try:
+            status = _Supervisor(made, relay, raw, local_tty, spec.console_size, target.where).run()
+        except _GaveUp:
+            abandoned = True  # asking the agent anything more would wait for it again
+            # Closing the client ends our record of the exec: no news after "giving up".
+            logging.getLogger("host_proxy.remote_exec").setLevel(logging.ERROR)
+            raise
+        watcher.join()
+        return status
+    finally:
+        if raw is not None:
+            raw.restore()
+            _raw_logging(False)
+        if reader is not None:
+            reader.close()  # a worker thread may be blocked reading our stdin: let it go
+        if not abandoned:
+            _delete(made, started)
+
+
+def _post_exit(made: ProxiedExec, relay: SignalRelay) -> None:
+    try:
+        made.wait()
+    finally:
+        relay.post(EVENT_EXITED)
+
+
+def _delete(made: ProxiedExec, started: bool) -> None:
+    """Leave no record on the agent; an exec still running (we are failing) is left to it."""
+    try:
+        if started:
+            if made.state is ExecState.RUNNING:
+                return
+            # A failed start: the agent has exited it, and this host is recording that right now.
+            made.wait(timeout=DELETE_WAIT)
+        made.delete()
+    except ExecError as error:
+        log.debug("deleting %s: %s", made, error)
+
+
+def _raw_logging(raw: bool) -> None:
+    # A raw terminal does not turn "\n" into "\r\n": our own messages must.
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.terminator = "\r\n" if raw else "\n"
+
+
+class _GaveUp(CliError):
+    """The person insisted on stopping and the agent does not answer: leave without it."""
+
+
+class _Supervisor:
+    """The main loop while the command runs: turns events into requests to the agent.
+
+    Requests go out on one worker thread, in order, so that a request stuck on
+    an unreachable agent never stops this loop from hearing the next Ctrl-C.
+    """
+
+    def __init__(self, made: ProxiedExec, relay: SignalRelay, raw: RawMode | None, local_tty: int | None,
+                 initial_size: tuple[int, int] | None, where: str) -> None:
+        self.made = made
+        self.relay = relay
+        self.raw = raw
+        self.local_tty = local_tty
+        self.size = initial_size
+        self.where = where
+        self.interrupts: list[float] = []
+        self.requests = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="uvmexec-forward")
+        self.pending: dict[concurrent.futures.Future[None], float] = {}  # request -> when it was sent
+        self.pending_lock = threading.Lock()  # requests finish on the worker thread
+        self.finished = False
+
+    def run(self) -> int:
+        try:
+            if self.local_tty is not None:
+                self._resize()  # the window may have changed while the exec was being created
+            poller = select.poll()
+            poller.register(self.relay.fd, select.POLLIN)
+            while True:
+                poller.poll()  # PEP 475: retried after signal handlers run; the wakeup fd wakes it
+                for event in self.relay.take():
+                    if event == EVENT_EXITED:
+                        return self.made.wait().exit_status
+                    self._on_event(event)
+        finally:
+            # A request still stuck on a lost agent fails when the client closes, right after this;
+            # that failure is no news to anyone.
+            self.finished = True
+            self.requests.shutdown(wait=False, cancel_futures=True)
+
+    def _on_event(self, event: int) -> None:
+        if event == EVENT_BROKEN_PIPE:
+            self._submit(self._kill, signal.SIGPIPE)
+        elif event == signal.SIGWINCH:
+            self._resize()
+        elif event == signal.SIGCONT:
+            if self.raw is not None:
+                self.raw.reenter()
+            self._resize()
+        elif event == signal.SIGINT:
+            now = time.monotonic()
+            self.interrupts = [t for t in self.interrupts if now - t < INTERRUPT_WINDOW] + [now]
+            if len(self.interrupts) < INTERRUPTS_TO_KILL:
+                self._submit(self._kill, signal.SIGINT)
+            else:
+                why = f"interrupted {len(self.interrupts)} times"
+                self._give_up_if_stuck(why)
+                log.warning("%s: killing the command (SIGKILL)", why)
+                self._submit(self._kill, signal.SIGKILL)
+        elif event in (signal.SIGTERM, signal.SIGHUP):
+            self._give_up_if_stuck(f"got {signal.Signals(event).name}")
+            self._submit(self._kill, event)
+        elif event in FORWARDED:
+            self._submit(self._kill, event)
+
+    def _give_up_if_stuck(self, why: str) -> None:
+        now = time.monotonic()
+        with self.pending_lock:
+            stuck = any(now - sent > STUCK_AFTER for sent in self.pending.values())
+        if stuck:
+            raise _GaveUp(f"{why}, and {self.where} does not answer: giving up on the command "
+                          "(it may still run there)", Exit.UNAVAILABLE)
+
+    def _submit(self, request: Callable[..., None], *args: object) -> None:
+        future = self.requests.submit(request, *args)
+        with self.pending_lock:
+            self.pending[future] = time.monotonic()
+        future.add_done_callback(self._finished)
+
+    def _finished(self, future: concurrent.futures.Future[None]) -> None:
+        with self.pending_lock:
+            self.pending.pop(future, None)
+
+    def _kill(self, signum: int) -> None:
+        try:
+            self.made.kill(signum)
+        except (NotFoundError, FailedPreconditionError):
+            pass  # it exited meanwhile: its exit event is on the way
+        except ExecError as error:
+            if not self.finished:
+                log.warning("cannot forward %s: %s", signal.Signals(signum).name, error)
+
+    def _resize(self) -> None:
+        size = window_size(self.local_tty)
+        if size is None or size == self.size:
+            return
+        self.size = size
+        self._submit(self._send_size, size)
+
+    def _send_size(self, size: tuple[int, int]) -> None:
+        rows, cols = size
+        try:
+            self.made.resize_pty(cols, rows)  # width first
+        except (NotFoundError, FailedPreconditionError):
+            pass
+        except ExecError as error:
+            if not self.finished:
+                log.warning("cannot resize the terminal: %s", error)
+
+
+__all__ = ["Exit", "run_command"]

@@ -1,0 +1,208 @@
+"""Errors a person can act on: one line on stderr naming what and where, a distinct exit code, no traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.support.agent import Keys
+
+from .helpers import ROOT, UVMEXEC, cli_env, gone, read_until, reap, run_cli
+
+
+def _one_line(result) -> str:
+    text = result.stderr.decode()
+    assert "Traceback" not in text
+    assert text.count("\n") == 1 and text.startswith("uvmexec: "), text
+    return text
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("args", "code", "words"), [
+    (["nosuchcommand"], 127, "executable file not found in $PATH: 'nosuchcommand'"),
+    (["/no/such/program"], 127, "No such file or directory"),
+    (["/etc/passwd"], 126, "Permission denied"),
+    (["--cwd", "/no/such/dir", "--", "true"], 126, "cwd '/no/such/dir'"),
+])
+def test_a_command_that_cannot_run(tmp_path, args, code, words):
+    result = run_cli(["run", *args], tmp_path)
+    assert result.returncode == code
+    line = _one_line(result)
+    assert words in line and "(on the private agent)" in line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args", [
+    ["run"],
+    ["run", "--no-such-option", "--", "true"],
+    ["run", "--user", "root", "--", "true"],
+    ["run", "--cwd", "relative", "--", "true"],
+    ["run", "--guest", "udp://x:1", "--", "true"],
+    ["run", "--guest", "tcp://127.0.0.1:9", "--", "true"],  # no keys, no --insecure
+    ["ps"],  # a fresh private agent runs nothing: ps needs an agent
+    ["no-such-command"],
+])
+def test_bad_usage_exits_125(tmp_path, args):
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 125, result.stderr
+    assert b"Traceback" not in result.stderr
+    assert b"uvmexec: " in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_an_agent_socket_that_does_not_exist(tmp_path):
+    result = run_cli(["run", "--guest", f"ipc://{tmp_path}/nobody.sock", "--", "true"], tmp_path)
+    assert result.returncode == 69
+    assert f"ipc://{tmp_path}/nobody.sock" in _one_line(result)
+
+
+@pytest.mark.timeout(60)
+def test_an_agent_socket_nobody_listens_on(tmp_path):
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(tmp_path / "stale.sock"))
+    stale.close()  # the file stays, as after an agent crash
+    result = run_cli(["run", "--guest", f"ipc://{tmp_path}/stale.sock", "--", "true"], tmp_path)
+    assert result.returncode == 69
+    assert "not running" in _one_line(result)
+
+
+@pytest.mark.timeout(60)
+def test_a_tcp_agent_that_refuses(tmp_path):
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]  # bound, not listening: connections are refused
+        result = run_cli(["run", "--guest", f"tcp://127.0.0.1:{port}", "--insecure", "--", "true"], tmp_path)
+    assert result.returncode == 69
+    assert f"tcp://127.0.0.1:{port}" in _one_line(result)
+
+
+@pytest.mark.timeout(60)
+def test_a_silent_agent_times_out(tmp_path):
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepts TCP (as a user-mode NAT does) but never speaks
+        endpoint = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        result = run_cli(["run", "--guest", endpoint, "--insecure", "--timeout", "1", "--", "true"], tmp_path)
+    assert result.returncode == 69
+    assert endpoint in _one_line(result)
+
+
+@pytest.mark.timeout(60)
+def test_the_right_keys_work(tmp_path, curve_agent):
+    agent, keys = curve_agent
+    result = run_cli(["run", "--guest", agent.endpoints[0], "--server-key", keys.agent_public,
+                      "--client-key", keys.client_secret, "--", "echo", "admitted"], tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"admitted\n", b"")
+
+
+@pytest.mark.timeout(60)
+def test_a_client_key_the_agent_does_not_know(tmp_path, curve_agent):
+    agent, keys = curve_agent
+    stranger = Keys.create(str(tmp_path / "stranger"))
+    result = run_cli(["run", "--guest", agent.endpoints[0], "--server-key", keys.agent_public,
+                      "--client-key", stranger.client_secret, "--", "true"], tmp_path)
+    assert result.returncode == 77
+    assert "refused this client's key" in _one_line(result)
+
+
+@pytest.mark.timeout(60)
+def test_a_wrong_server_key(tmp_path, curve_agent):
+    agent, keys = curve_agent
+    impostor = Keys.create(str(tmp_path / "impostor"))
+    result = run_cli(["run", "--guest", agent.endpoints[0], "--server-key", impostor.agent_public,
+                      "--client-key", keys.client_secret, "--", "true"], tmp_path)
+    assert result.returncode == 77
+    assert agent.endpoints[0] in _one_line(result)
+
+
+@pytest.mark.timeout(60)
+def test_an_unusable_key_file(tmp_path, curve_agent):
+    agent, keys = curve_agent
+    result = run_cli(["run", "--guest", agent.endpoints[0], "--server-key", keys.agent_public,
+                      "--client-key", keys.client_public, "--", "true"], tmp_path)  # public, not secret
+    assert result.returncode == 77
+    assert "no secret key" in _one_line(result)
+
+
+@pytest.mark.timeout(60)
+def test_key_options_from_the_environment(tmp_path, curve_agent):
+    agent, keys = curve_agent
+    env = cli_env(tmp_path, UVMEXEC_GUEST=agent.endpoints[0], UVMEXEC_SERVER_KEY=keys.agent_public,
+                  UVMEXEC_CLIENT_KEY=keys.client_secret)
+    result = run_cli(["run", "--", "echo", "from env"], tmp_path, env=env)
+    assert (result.returncode, result.stdout) == (0, b"from env\n"), result.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_internal_error_is_one_line_unless_debugging(monkeypatch, capsys, tmp_path, debug):
+    from host_proxy import cli
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "keygen_command", broken)
+    monkeypatch.setattr(cli, "_setup_logging", lambda debug: None)  # leave pytest's logging alone
+    monkeypatch.delenv("UVMEXEC_DEBUG", raising=False)
+    assert cli.main(["keygen", str(tmp_path / "k")] + (["--debug"] if debug else [])) == 125
+    err = capsys.readouterr().err
+    assert err.endswith("uvmexec: internal error: RuntimeError: a bug"
+                        + ("" if debug else " (run with --debug for the traceback)") + "\n")
+    assert ("Traceback" in err) is debug
+
+
+@pytest.fixture
+def sshd():
+    sshd_support = pytest.importorskip("tests.support.sshd")
+    with sshd_support.SshServer() as server:
+        yield server
+
+
+@pytest.mark.timeout(90)
+def test_run_over_ssh_and_its_key_errors(tmp_path, curve_agent, sshd):
+    agent, keys = curve_agent
+    endpoint = sshd.endpoint(agent=agent.endpoints[0])
+    common = ["--guest", endpoint, "--server-key", keys.agent_public, "--client-key", keys.client_secret,
+              "--known-hosts", str(sshd.known_hosts)]
+    result = run_cli(["run", *common, "--ssh-key", str(sshd.key_path), "--", "echo", "tunnelled"], tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"tunnelled\n", b"")
+    stranger = sshd.new_user_key(authorize=False)
+    refused = run_cli(["run", *common, "--ssh-key", str(stranger), "--", "true"], tmp_path)
+    assert refused.returncode == 77
+    assert "rejected key" in _one_line(refused)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_gets_you_out_when_the_agent_is_lost(tmp_path, ipc_agent):
+    process = subprocess.Popen(UVMEXEC + ["run", "--guest", ipc_agent.endpoints[0], "--", "sh", "-c",
+                                          "echo $$; exec sleep 60"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=cli_env(tmp_path), cwd=ROOT)
+    remote_pid = None
+    try:
+        remote_pid = int(read_until(process.stdout.fileno(), b"\n").split()[0])
+        ipc_agent.kill()  # SIGKILL: its command lives on, and nobody answers for it any more
+        began = time.monotonic()
+        # Signals sent close together merge: send one, give uvmexec a moment to take it, repeat.
+        while process.poll() is None and time.monotonic() - began < 20:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        assert reap(process) == 69  # well before the 30 s the library waits for a lost agent
+        assert time.monotonic() - began < 20
+        assert "giving up on the command" in process.stderr.read().decode().splitlines()[-1]
+    finally:
+        process.stdout.close()
+        process.stderr.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if remote_pid is not None and not gone(remote_pid):
+            os.kill(remote_pid, signal.SIGKILL)  # the orphan of the killed agent

@@ -1,0 +1,182 @@
+"""``uvmexec run`` on the embedded default, through pipes: exit codes, bytes, stdin, env, signals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from .helpers import ROOT, UVMEXEC, cli_env, gone, read_until, reap, run_cli
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("script", "code"), [("exit 0", 0), ("exit 3", 3), ("exit 42", 42),
+                                              ("kill -9 $$", 137), ("kill -TERM $$", 143)])
+def test_the_exit_code_is_the_commands(tmp_path, script, code):
+    result = run_cli(["run", "--", "sh", "-c", script], tmp_path)
+    assert result.returncode == code, result.stderr
+    assert result.stderr == b""
+
+
+@pytest.mark.timeout(60)
+def test_stdout_and_stderr_stay_apart_and_bytes_stay_intact(tmp_path):
+    payload = bytes(range(256)) * 4096  # 1 MiB, every byte value, no newline discipline
+    (tmp_path / "blob").write_bytes(payload)
+    script = f"cat {tmp_path}/blob; printf 'to err\\0\\377' >&2"
+    result = run_cli(["run", "--", "sh", "-c", script], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == payload
+    assert result.stderr == b"to err\0\377"
+
+
+@pytest.mark.timeout(60)
+def test_output_streams_while_the_command_runs(tmp_path):
+    # The command waits for its own stdin after the first line: seeing that line proves streaming.
+    process = subprocess.Popen(UVMEXEC + ["run", "-i", "--", "sh", "-c", "echo first; read x; echo second $x"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=cli_env(tmp_path), cwd=ROOT)
+    try:
+        read_until(process.stdout.fileno(), b"first\n")
+        process.stdin.write(b"go\n")
+        process.stdin.close()
+        assert reap(process) == 0
+        assert process.stdout.read() == b"second go\n"
+    finally:
+        process.stdout.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.timeout(60)
+def test_interactive_streams_stdin_and_closes_it_at_eof(tmp_path):
+    data = b"".join(b"line %d\n" % n for n in range(20000)) + b"no newline at the end\0"
+    result = run_cli(["run", "-i", "--", "cat"], tmp_path, stdin_data=data)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == data
+
+
+@pytest.mark.timeout(60)
+def test_a_command_that_exits_without_reading_stdin_ends_uvmexec(tmp_path):
+    # Our stdin stays open and silent (as a terminal nobody types at): uvmexec must not wait for it.
+    with subprocess.Popen(UVMEXEC + ["run", "-i", "--", "sh", "-c", "exit 2"], stdin=subprocess.PIPE,
+                          env=cli_env(tmp_path), cwd=ROOT) as process:
+        try:
+            assert reap(process) == 2
+        finally:
+            process.stdin.close()
+
+
+@pytest.mark.timeout(60)
+def test_without_interactive_stdin_is_empty(tmp_path):
+    result = run_cli(["run", "--", "sh", "-c", "cat; echo done"], tmp_path, stdin_data=b"not for you\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"done\n"
+
+
+@pytest.mark.timeout(60)
+def test_env_cwd_and_user(tmp_path):
+    env = cli_env(tmp_path, FROM_MY_ENV="copied")
+    result = run_cli(["run", "--env", "A=1", "--env", "B=two words", "--env", "FROM_MY_ENV",
+                      "--env", "NOT_SET_ANYWHERE", "--cwd", "/usr", "--user", "1234:2345", "--",
+                      "sh", "-c", "env; pwd; id -u; id -g"], tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[-3:] == ["/usr", "1234", "2345"]
+    environment = dict(line.split("=", 1) for line in lines[:-3] if "=" in line)
+    assert environment["A"] == "1"
+    assert environment["B"] == "two words"
+    assert environment["FROM_MY_ENV"] == "copied"
+    assert "NOT_SET_ANYWHERE" not in environment
+    assert environment["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert "TERM" not in environment  # only with -t
+
+
+@pytest.mark.timeout(60)
+def test_options_after_the_command_belong_to_it(tmp_path):
+    result = run_cli(["run", "echo", "-n", "--env", "x"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"--env x"  # -n went to echo, --env too
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_is_forwarded_to_the_command(tmp_path):
+    process = subprocess.Popen(UVMEXEC + ["run", "--", "sh", "-c", "echo $$; exec sleep 60"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=cli_env(tmp_path), cwd=ROOT)
+    try:
+        remote_pid = int(read_until(process.stdout.fileno(), b"\n").split()[0])
+        process.send_signal(signal.SIGINT)
+        assert reap(process) == 130
+        assert gone(remote_pid)
+        assert process.stderr.read() == b""
+    finally:
+        process.stdout.close()
+        process.stderr.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("times", [1, 2])  # twice at once is what coreutils' timeout sends
+def test_sigterm_is_forwarded_and_the_private_agent_is_cleaned_up(tmp_path, times):
+    env = cli_env(tmp_path)
+    process = subprocess.Popen(UVMEXEC + ["run", "--", "sh", "-c", "echo $$; exec sleep 60"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    try:
+        remote_pid = int(read_until(process.stdout.fileno(), b"\n").split()[0])
+        assert os.listdir(env["TMPDIR"]), "the private agent's directory should exist while it runs"
+        for _ in range(times):
+            process.send_signal(signal.SIGTERM)
+        assert reap(process) == 143
+        assert gone(remote_pid)
+        assert os.listdir(env["TMPDIR"]) == []
+    finally:
+        process.stdout.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_stdout_gives_the_command_sigpipe(tmp_path):
+    with subprocess.Popen(UVMEXEC + ["run", "--", "yes"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=cli_env(tmp_path), cwd=ROOT) as process:
+        read_until(process.stdout.fileno(), b"y\n")
+        process.stdout.close()
+        assert reap(process) == 128 + signal.SIGPIPE
+        assert b"Traceback" not in process.stderr.read()
+
+
+@pytest.mark.timeout(60)
+def test_the_installed_console_script_runs(tmp_path):
+    script = shutil.which("uvmexec")
+    if script is None:
+        pytest.skip("uvmexec is not installed (pip install -e .)")
+    result = subprocess.run([script, "run", "--", "echo", "installed"], capture_output=True,
+                            stdin=subprocess.DEVNULL, env=cli_env(tmp_path), timeout=30)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"installed\n", b"")
+
+
+@pytest.mark.timeout(60)
+def test_run_through_a_given_ipc_agent_leaves_no_record(tmp_path, ipc_agent):
+    endpoint = ipc_agent.endpoints[0]
+    result = run_cli(["run", "--guest", endpoint, "--task", "t1", "--id", "e1", "--", "sh", "-c", "exit 5"],
+                     tmp_path)
+    assert result.returncode == 5, result.stderr
+    listed = run_cli(["ps", "--guest", endpoint], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert b"e1" not in listed.stdout
+    # The default user on a given agent is root, as docker exec's.
+    assert run_cli(["run", "--guest", endpoint, "--", "id", "-u"], tmp_path).stdout == b"0\n"
+
+
+@pytest.mark.timeout(60)
+def test_uvmexec_guest_in_the_environment_picks_the_agent(tmp_path, ipc_agent):
+    env = cli_env(tmp_path, UVMEXEC_GUEST=ipc_agent.endpoints[0])
+    result = run_cli(["run", "--", "echo", "via env"], tmp_path, env=env)
+    assert (result.returncode, result.stdout) == (0, b"via env\n"), result.stderr
+    assert os.listdir(env["TMPDIR"]) == []  # no private agent was started
