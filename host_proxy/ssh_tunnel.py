@@ -258,7 +258,7 @@ class SshTunnel:
             ) from None
         failure: OSError = OSError(f"no address for {self.target.host}")
         for family, kind, proto, _, address in addresses:
-            sock = socket.socket(family, kind, proto)
+            sock = _QuickAckSocket(family, kind, proto)
             try:
                 sock.setblocking(False)
                 code = sock.connect_ex(address)
@@ -633,6 +633,23 @@ def _watch(selector: selectors.BaseSelector, fileobj: socket.socket | int, event
         selector.unregister(fileobj)
     elif key.events != events:
         selector.modify(fileobj, events, data)
+
+
+class _QuickAckSocket(socket.socket):
+    """The SSH connection's socket, acknowledging every segment at once.
+
+    sshd treats a connection without a terminal as bulk traffic and leaves
+    Nagle on: its next small packet waits for our ACK, which Linux delays by
+    up to 40 ms. An exit event queued behind a chunk then took 40 ms to arrive.
+    Re-arming TCP_QUICKACK before each read (it is not sticky) removes that.
+    """
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        try:
+            self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass
+        return super().recv(bufsize, flags)
 
 
 def _tune_tcp(sock: socket.socket, keepalive: float) -> None:
