@@ -70,3 +70,4 @@ def test_a_slow_reader_bounds_memory_on_both_sides(ipc_agent):
     # A window per stream, a chunk in the pump, socket buffers: a few MB, never the stream.
     assert agent_growth < 8 * window + 16 * 1024 * 1024, agent_growth
     assert client_growth < 8 * window + 16 * 1024 * 1024, client_growth
+
