@@ -32,7 +32,7 @@ MAX_CHUNK_BYTES = 256 * 1024
 #: ZMQ_MAXMSGSIZE for the agent's sockets: a peer sending more is disconnected.
 MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + MAX_CHUNK_BYTES
 #: Bytes of one stream that may be sent and not yet acknowledged.
-DEFAULT_WINDOW = 1024 * 1024
+DEFAULT_WINDOW = 4 * 1024 * 1024
 MAX_REQUEST_ID = 2**63 - 1
 MAX_SEQ = 2**63 - 1
 MAX_HANDLE = 2**63 - 1

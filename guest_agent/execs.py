@@ -28,7 +28,7 @@ class AgentExec:
         self.handle = handle
         self.owner: Session | None = None
         self.set_owner(owner)
-        chunk = min(protocol.MAX_CHUNK_BYTES, 128 * 1024)
+        chunk = protocol.MAX_CHUNK_BYTES
         self.sinks: dict[int, WireSink] = {}
         if args.stdout:
             self.sinks[STDOUT] = WireSink(lambda seq, data: self._send_chunk(STDOUT, seq, data), window, chunk)

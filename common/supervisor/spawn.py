@@ -48,7 +48,7 @@ _RLIMIT_NUMBERS = {
 _PR_SET_NO_NEW_PRIVS = 38
 _F_SETPIPE_SZ = 1031
 #: Bigger pipes mean fewer wake-ups per byte streamed; the kernel allocates on demand.
-PIPE_SIZE = 256 * 1024
+PIPE_SIZE = 1024 * 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _prctl = _libc.prctl
