@@ -105,21 +105,7 @@ class PrivateAgent:
 
     def _read_ready_line(self) -> bytes:
         assert self.process is not None and self.process.stdout is not None
-        fd = self.process.stdout.fileno()
-        deadline = time.monotonic() + self.ready_timeout
-        data = b""
-        while not data.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if not readable:
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return read_line(self.process.stdout.fileno(), self.ready_timeout)
 
     @staticmethod
     def _log_tail(path: str) -> str:
@@ -152,3 +138,21 @@ class PrivateAgent:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def read_line(fd: int, timeout: float) -> bytes:
+    """Read from ``fd`` until a newline, EOF or ``timeout`` seconds (waiting on the fd, never sleeping)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data

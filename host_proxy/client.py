@@ -34,7 +34,7 @@ from .direct import FallBack
 from .loop_thread import LoopThread, shared_loop
 from .proxied_exec import ProxiedExec
 from .remote_exec import RemoteExec
-from .stdio import check_creation, check_exec_ids, open_stdio
+from .stdio import StdioEnds, check_creation, check_exec_ids, open_stdio
 
 
 def load_curve_keys(server_key: str | os.PathLike[str], client_key: str | os.PathLike[str]) -> CurveKeys:
@@ -174,12 +174,7 @@ class AgentClient:
         stdio = check_creation(task_id, exec_id, spec, stdio)
         if not isinstance(drain_timeout, (int, float)) or not 0 <= drain_timeout <= protocol.MAX_DRAIN_TIMEOUT:
             raise InvalidArgumentError(f"drain_timeout must be within [0, {protocol.MAX_DRAIN_TIMEOUT:g}] seconds")
-        self._reserve(task_id, exec_id)
-        try:
-            ends = open_stdio(stdio)
-        except BaseException:
-            self._release(task_id, exec_id)
-            raise
+        ends = self._reserve(task_id, exec_id, stdio)
         try:
             result = self._request("create", {
                 "task": task_id,
@@ -220,12 +215,7 @@ class AgentClient:
         """
         check_exec_ids(task_id, exec_id)
         stdio = stdio if stdio is not None else Stdio()
-        self._reserve(task_id, exec_id)
-        try:
-            ends = open_stdio(stdio)
-        except BaseException:
-            self._release(task_id, exec_id)
-            raise
+        ends = self._reserve(task_id, exec_id, stdio)
         attached: list[RemoteExec] = []
 
         def track(result: Any) -> None:
@@ -290,11 +280,17 @@ class AgentClient:
 
     # -- loop-thread helpers ------------------------------------------------------
 
-    def _reserve(self, task_id: str, exec_id: str) -> None:
+    def _reserve(self, task_id: str, exec_id: str, stdio: Stdio) -> StdioEnds:
+        """Claim the ids on this client and open the stdio targets (the claim is undone on failure)."""
         with self._live_lock:
             if (task_id, exec_id) in self._live:
                 raise already_exists_error(task_id, exec_id)
             self._live[(task_id, exec_id)] = None
+        try:
+            return open_stdio(stdio)
+        except BaseException:
+            self._release(task_id, exec_id)
+            raise
 
     def _release(self, task_id: str, exec_id: str) -> None:
         with self._live_lock:

@@ -26,7 +26,7 @@ from common import protocol
 from common.protocol import STDERR, STDOUT
 from common.state import ExecEvent, ExecExited, ExecStarted, ExecState, ExecStatus, utc_now
 from common.supervisor import InputSource, NullSink, OutputSink
-from common.supervisor.streams import CHUNK_SIZE
+from common.supervisor.streams import CHUNK_SIZE, read_unless_stopped
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -115,16 +115,9 @@ class OutStdin:
                     break
                 # Never more than the credit left: the agent refuses a chunk that overflows the window.
                 credit = min(CHUNK_SIZE, self.window - self._unacked_bytes)
-                reading = asyncio.ensure_future(self.source.read(credit))
-                stopping = asyncio.ensure_future(self._stop.wait())
-                try:
-                    await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopping.cancel()
-                if not reading.done():
-                    reading.cancel()
+                data = await read_unless_stopped(self.source, credit, self._stop)
+                if data is None:
                     break
-                data = reading.result()
                 if not data:
                     # The source ended: the process gets EOF without close_io (as LocalExec does).
                     self.owner.conn.send_close_io(self.owner, self.last_sent)

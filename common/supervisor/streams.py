@@ -366,6 +366,20 @@ async def pump_output(fd: int, sink: OutputSink, drain: DrainSignal, label: str)
             sink = NullSink()
 
 
+async def read_unless_stopped(source: InputSource, max_bytes: int, stop: asyncio.Event) -> bytes | None:
+    """The source's next bytes, or None if ``stop`` was set first (a read already done is kept)."""
+    reading = asyncio.ensure_future(source.read(max_bytes))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not reading.done():
+        reading.cancel()
+        return None
+    return reading.result()
+
+
 async def pump_input(source: InputSource, fd: int, stop: asyncio.Event, *, eof_bytes: bytes | None = None) -> None:
     """Copy ``source`` into the process's stdin until the source ends or ``stop`` is set.
 
@@ -376,16 +390,7 @@ async def pump_input(source: InputSource, fd: int, stop: asyncio.Event, *, eof_b
     """
     try:
         while not stop.is_set():
-            reading = asyncio.ensure_future(source.read(CHUNK_SIZE))
-            stopping = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            if not reading.done():
-                reading.cancel()
-                break
-            data = reading.result()
+            data = await read_unless_stopped(source, CHUNK_SIZE, stop)
             if not data:
                 break
             await write_all(fd, data)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 
 import zmq.auth
+
+from host_proxy.cli_embedded import read_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,7 +54,7 @@ class AgentProcess:
             command += ["--listen", endpoint]
         self.process = subprocess.Popen(command + self.extra, cwd=ROOT, stdout=subprocess.PIPE)
         assert self.process.stdout is not None
-        line = _read_line(self.process.stdout.fileno(), timeout)
+        line = read_line(self.process.stdout.fileno(), timeout)
         if not line.startswith(b"uvm-agent ready "):
             self.stop()
             raise RuntimeError(f"agent did not start: {line!r}")
@@ -89,23 +89,6 @@ class AgentProcess:
             if self.process.stdout is not None:
                 self.process.stdout.close()
             self.process = None
-
-
-def _read_line(fd: int, timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
-    data = b""
-    while not data.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def private_directory(prefix: str) -> str:
