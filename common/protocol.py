@@ -158,10 +158,13 @@ def get_seqs(message: dict[str, Any], field: str) -> tuple[int, int]:
 class CreateArgs:
     """A decoded ``create`` request."""
 
-    __slots__ = ("task_id", "exec_id", "spec", "bundle", "stdin", "stdout", "stderr", "paths", "drain_timeout")
+    __slots__ = ("task_id", "exec_id", "handle", "spec", "bundle", "stdin", "stdout", "stderr", "paths",
+                 "drain_timeout")
 
     def __init__(self, message: dict[str, Any]) -> None:
         self.task_id, self.exec_id = get_exec_ids(message)
+        # The client may choose the handle, so it can route this exec's events before the reply.
+        self.handle = get_int(message, "h", 1, MAX_HANDLE) if "h" in message else None
         self.spec = ProcessSpec.from_oci(get_map(message, "spec"))
         self.bundle = get_str(message, "bundle", MAX_PATH_BYTES, allow_empty=True, default="")
         stdio = get_map(message, "stdio")

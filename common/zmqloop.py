@@ -26,6 +26,7 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _POLLOUT = int(zmq.POLLOUT)
 _NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
 
 
 class LoopSocket:
@@ -48,6 +49,7 @@ class LoopSocket:
         self._on_writable = on_writable
         self._want_writable = False
         self._check_scheduled = False
+        self._checking = False
         self._closed = False
         self._fd: int = socket.get(zmq.FD)  # type: ignore[assignment]
         loop.add_reader(self._fd, self._check)
@@ -62,6 +64,14 @@ class LoopSocket:
         self._check_scheduled = False
         if self._closed:
             return
+        # Sends made by the handlers below need no extra look: this loop reads EVENTS again.
+        self._checking = True
+        try:
+            self._drain()
+        finally:
+            self._checking = False
+
+    def _drain(self) -> None:
         socket = self.socket
         for _ in range(BATCH):
             try:
@@ -93,8 +103,13 @@ class LoopSocket:
         """Send without blocking; False if the socket (or, for a ROUTER, the peer) cannot take it now."""
         if self._closed:
             return False
+        socket = self.socket
         try:
-            self.socket.send_multipart(frames, _NOBLOCK, copy=False)
+            # Copied into libzmq: a zero-copy send wakes pyzmq's garbage-collector thread for every
+            # message, which costs more than copying a 256 KiB chunk (and fights for the GIL).
+            for frame in frames[:-1]:
+                socket.send(frame, _SNDMORE_NOBLOCK)
+            socket.send(frames[-1], _NOBLOCK)
             sent = True
         except zmq.Again:
             self._want_writable = True
@@ -103,8 +118,9 @@ class LoopSocket:
             if error.errno != zmq.EHOSTUNREACH:
                 log.warning("send failed: %s", error)
             sent = False
-        # A send may consume the fd's edge for pending input: look again soon.
-        self._schedule_check()
+        if not self._checking:
+            # A send may consume the fd's edge for pending input: look again soon.
+            self._schedule_check()
         return sent
 
     def close(self, linger: int = 0) -> None:

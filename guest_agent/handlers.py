@@ -50,7 +50,10 @@ def op_create(agent: Agent, session: Session, message: dict[str, Any]) -> dict[s
         raise already_exists_error(*key)
     if len(agent.execs) >= agent.max_execs:
         raise UnavailableError(f"the agent already tracks {len(agent.execs)} execs; delete some first")
-    record = AgentExec(agent.supervisor, agent.new_handle(), session, args, agent.window)
+    if args.handle is not None and args.handle in agent.handles:
+        raise InvalidArgumentError(f"invalid message: h: handle {args.handle} is in use")
+    handle = args.handle if args.handle is not None else agent.new_handle()
+    record = AgentExec(agent.supervisor, handle, session, args, agent.window)
     agent.execs[key] = record
     agent.handles[record.handle] = record
     return {"h": record.handle}

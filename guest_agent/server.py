@@ -381,6 +381,9 @@ class Agent:
     # -- execs ---------------------------------------------------------------
 
     def new_handle(self) -> int:
+        """A handle no exec uses (clients may choose their own, so skip those)."""
+        while self._next_handle in self.handles:
+            self._next_handle += 1
         handle = self._next_handle
         self._next_handle += 1
         return handle

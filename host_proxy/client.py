@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ import zmq.auth
 from common import protocol
 from common.errors import (
     DeadlineExceededError,
+    ExecError,
     InvalidArgumentError,
     UnavailableError,
     already_exists_error,
@@ -175,28 +177,24 @@ class AgentClient:
         if not isinstance(drain_timeout, (int, float)) or not 0 <= drain_timeout <= protocol.MAX_DRAIN_TIMEOUT:
             raise InvalidArgumentError(f"drain_timeout must be within [0, {protocol.MAX_DRAIN_TIMEOUT:g}] seconds")
         ends = self._reserve(task_id, exec_id, stdio)
-        try:
-            result = self._request("create", {
-                "task": task_id,
-                "exec": exec_id,
-                "spec": spec.to_oci(),
-                "bundle": bundle,
-                "stdio": {"stdin": ends.stdin is not None, "stdout": ends.stdout is not None,
-                          "stderr": ends.stderr is not None},
-                "paths": list(ends.paths),
-                "drain_timeout": float(drain_timeout),
-            })
-            handle = protocol.get_int(result, "h", 0, protocol.MAX_HANDLE)
-        except BaseException:
-            ends.release()
-            self._release(task_id, exec_id)
-            raise
         remote = RemoteExec(
-            self._conn, handle, task_id, exec_id, bundle=bundle, terminal=spec.terminal, paths=ends.paths,
-            stdin=ends.stdin, stdout=ends.stdout, stderr=ends.stderr, on_event=on_event,
+            self._conn, self._new_handle(), task_id, exec_id, bundle=bundle, terminal=spec.terminal,
+            paths=ends.paths, stdin=ends.stdin, stdout=ends.stdout, stderr=ends.stderr, on_event=on_event,
         )
-        # Tracked before start() can make the agent send anything about it (a dict store is atomic).
-        self._conn.execs[handle] = remote
+        # Sent with the first call that needs the agent (start() pipelines it): one round trip less.
+        remote.pending_create = {
+            "task": task_id,
+            "exec": exec_id,
+            "h": remote.handle,
+            "spec": spec.to_oci(),
+            "bundle": bundle,
+            "stdio": {"stdin": ends.stdin is not None, "stdout": ends.stdout is not None,
+                      "stderr": ends.stderr is not None},
+            "paths": list(ends.paths),
+            "drain_timeout": float(drain_timeout),
+        }
+        # Tracked under its own handle before anything about it can arrive (a dict store is atomic).
+        self._conn.execs[remote.handle] = remote
         with self._live_lock:
             self._live[(task_id, exec_id)] = remote
         return ProxiedExec(self, remote)
@@ -235,6 +233,7 @@ class AgentClient:
                 stdin_next=stdin_next,
             )
             remote.pid = status.pid
+            remote.on_agent = True
             self._track_attached(remote, status.status.value == "running")
             attached.append(remote)
 
@@ -250,7 +249,8 @@ class AgentClient:
         return ProxiedExec(self, remote)
 
     def list_execs(self) -> list[ExecStatus]:
-        """Every exec the agent tracks (whoever created it)."""
+        """Every exec the agent tracks (whoever created it; execs of this client that never
+        started exist only here until they start)."""
         result = self._request("list", {})
         return [protocol.status_from_wire(entry) for entry in protocol.get_list(result, "execs", 10**6)]
 
@@ -300,6 +300,53 @@ class AgentClient:
         self._conn.execs[remote.handle] = remote
         if running and remote.stdin is not None:
             remote.stdin.start()
+
+    def _new_handle(self) -> int:
+        """A random handle for a new exec: the agent takes it, so events can be routed before replies."""
+        while True:
+            handle = secrets.randbits(62) or 1
+            if handle not in self._conn.execs:
+                return handle
+
+    def _pipeline(self, ops: list[tuple[str, dict[str, Any]]], ids: list[int | None] | None = None) -> list[Any]:
+        """Send requests back to back, in order, and collect each result (or ExecError) in order.
+
+        ``ids`` may fix a request's id (a retried create keeps its first id, so an agent that did it
+        already answers from its reply cache); None entries get fresh ids.
+        """
+        chosen = ids or [None] * len(ops)
+        request_ids = [given if given is not None else self._conn.next_request_id() for given in chosen]
+        try:
+            return self._conn.direct.request_many(list(zip(request_ids, ops, strict=True)))
+        except FallBack:
+            pass  # through the loop, under the same ids: the agent answers done ones from its cache
+        futures: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in ops]
+
+        def send_all() -> None:
+            for request_id, (op, fields), future in zip(request_ids, ops, futures, strict=True):
+                self._conn.request(op, fields, future, False, None, request_id)
+
+        self._loop.loop.call_soon_threadsafe(send_all)
+        results: list[Any] = []
+        for (op, _), future in zip(ops, futures, strict=True):
+            try:
+                results.append(future.result(self._conn.timeout + self._conn.reconnect_timeout + 30))
+            except ExecError as error:
+                results.append(error)
+            except concurrent.futures.TimeoutError:
+                results.append(UnavailableError(f"no answer to {op!r} from the agent at {self._conn.display}"))
+        return results
+
+    def _abandon(self, remote: RemoteExec, error: ExecError) -> None:
+        """The agent refused to create it: it never existed; free its ids and stdio."""
+        remote.create_error = error
+        self._release(remote.task_id, remote.exec_id)
+        self._loop.loop.call_soon_threadsafe(self._untrack, remote)
+
+    def _end_here(self, remote: RemoteExec, exit_status: int) -> None:
+        """End an exec the agent never knew (it never started: no event)."""
+        remote.pending_create = None
+        self._call(remote.finish, exit_status, None, False, 0)
 
     def _forget(self, remote: RemoteExec) -> None:
         """After delete: the ids are free again, and the loop drops what it held for the exec."""

@@ -399,15 +399,16 @@ class Connection:
 
     def _agent_restarted(self, boot_id: str) -> None:
         why = f"the agent at {self.display} restarted (boot {self.boot_id} -> {boot_id})"
-        for remote in list(self.execs.values()):
-            remote.force_locally(255, why)
-        self.execs.clear()
+        for handle, remote in list(self.execs.items()):
+            if remote.on_agent:  # the ones still only here are unaffected; they start on the new agent
+                remote.force_locally(255, why)
+                del self.execs[handle]
         self._fail_all(UnavailableError(why))
         self.boot_id = boot_id
         self._back()
 
     def _resync(self) -> None:
-        live = [remote for remote in self.execs.values() if remote.final is None]
+        live = [remote for remote in self.execs.values() if remote.final is None and remote.on_agent]
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.request("resync", {"execs": [{"h": remote.handle, "acked": remote.acked()} for remote in live]},
                      future, internal=True)

@@ -103,6 +103,9 @@ class DirectRequests:
     def _exchange(self, socket: zmq.Socket, request_id: int, op: str, fields: dict[str, Any],
                   wait_ms: int = DIRECT_WAIT_MS) -> Any:
         socket.send(protocol.pack({"id": request_id, "op": op, **fields}), _NOBLOCK)
+        return self._answer(socket, request_id, op, wait_ms)
+
+    def _answer(self, socket: zmq.Socket, request_id: int, op: str, wait_ms: int = DIRECT_WAIT_MS) -> Any:
         while True:
             if not socket.poll(wait_ms, _POLLIN):
                 raise FallBack(f"no answer to {op!r} within {wait_ms} ms")
@@ -121,24 +124,36 @@ class DirectRequests:
 
     def request(self, request_id: int, op: str, fields: dict[str, Any]) -> Any:
         """The result, an ExecError from the agent, or FallBack (then use the loop, same id)."""
+        result = self.request_many([(request_id, (op, fields))])[0]
+        if isinstance(result, ExecError):
+            raise result
+        return result
+
+    def request_many(self, requests: list[tuple[int, tuple[str, dict[str, Any]]]]) -> list[Any]:
+        """Send every request back to back on one connection (so the agent takes them in order),
+        then collect each result or ExecError; FallBack if the fast path cannot answer them all."""
         if self._conn.state != "ready":
             raise FallBack("the connection is not ready")
         socket = self._borrow()
         if socket is None:
             raise FallBack("no idle direct socket")
         try:
-            result = self._exchange(socket, request_id, op, fields)
+            for request_id, (op, fields) in requests:
+                socket.send(protocol.pack({"id": request_id, "op": op, **fields}), _NOBLOCK)
+            results: list[Any] = []
+            for request_id, (op, _) in requests:
+                try:
+                    results.append(self._answer(socket, request_id, op))
+                except ExecError as error:
+                    results.append(error)
         except FallBack:
             self._discard(socket)  # it may hold a late answer or a dead connection: start afresh
             raise
         except zmq.ZMQError as error:
             self._discard(socket)
             raise FallBack(str(error)) from None
-        except ExecError:
-            self._give_back(socket)
-            raise
         self._give_back(socket)
-        return result
+        return results
 
     def close(self) -> None:
         with self._lock:

@@ -23,8 +23,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from common import protocol
+from common.errors import ExecError
 from common.protocol import STDERR, STDOUT
-from common.state import ExecEvent, ExecExited, ExecStarted, ExecState, ExecStatus, utc_now
+from common.state import (
+    RUNNING_EXIT_STATUS,
+    ExecEvent,
+    ExecExited,
+    ExecStarted,
+    ExecState,
+    ExecStatus,
+    utc_now,
+)
 from common.supervisor import InputSource, NullSink, OutputSink
 from common.supervisor.streams import CHUNK_SIZE, read_unless_stopped
 
@@ -45,6 +54,7 @@ class InStream:
         self.written = first_seq - 1
         self._queue: collections.deque[tuple[int, Any]] = collections.deque()
         self._writer: asyncio.Task[None] | None = None
+        self._written_since_ack = 0
         self._failed = False
 
     @property
@@ -76,7 +86,12 @@ class InStream:
                         self.sink = NullSink()
                 self._queue.popleft()
                 self.written = seq
-                self.owner.conn.queue_ack(self)
+                # One acknowledgement per quarter window, or when caught up, keeps the agent
+                # streaming without a message back for every chunk.
+                self._written_since_ack += len(data)
+                if not self._queue or self._written_since_ack >= self.owner.conn.window // 4:
+                    self._written_since_ack = 0
+                    self.owner.conn.queue_ack(self)
         finally:
             self._writer = None
         self.owner.check_exit()
@@ -195,6 +210,15 @@ class RemoteExec:
         }
         self.stdin = OutStdin(self, stdin, conn.window, stdin_next) if stdin is not None else None
         self.pid = 0
+        #: True once the agent knows the exec (its create was answered, or it was attached).
+        self.on_agent = False
+        #: The create request not yet sent: it goes out with the first call that needs the agent.
+        self.pending_create: dict[str, Any] | None = None
+        self.create_request_id: int | None = None
+        #: Why the agent refused the create; every later call raises it.
+        self.create_error: ExecError | None = None
+        self.create_lock = threading.Lock()
+        self._events_lock = threading.Lock()
         self.exit_header: dict[str, Any] | None = None
         self.final: ExecStatus | None = None
         self.finalized = threading.Event()
@@ -205,15 +229,35 @@ class RemoteExec:
 
     # -- lifecycle -------------------------------------------------------------
 
+    def created_status(self) -> ExecStatus:
+        """The status of an exec that has not started (what the host alone knows)."""
+        return ExecStatus(
+            id=self.task_id,
+            exec_id=self.exec_id,
+            bundle=self.bundle,
+            pid=0,
+            status=ExecState.CREATED,
+            stdin=self.paths[0],
+            stdout=self.paths[1],
+            stderr=self.paths[2],
+            terminal=self.terminal,
+            exit_status=RUNNING_EXIT_STATUS,
+            exited_at=None,
+        )
+
     def on_started(self, pid: int) -> None:
-        """The agent's ``started`` event (or a resync that reveals a start we missed): once."""
-        if self.pid:
-            return
-        self.pid = pid
-        if self.on_event is not None:
-            self.conn.dispatch_event(self.on_event, ExecStarted(self.exec_id, pid))
+        """Record the start once: from the caller's ``start()``, the agent's ``started`` event or a resync.
+
+        Any thread. The lock keeps ExecStarted ahead of ExecExited whichever thread gets here first.
+        """
+        with self._events_lock:
+            if self.pid:
+                return
+            self.pid = pid
+            if self.on_event is not None:
+                self.conn.dispatch_event(self.on_event, ExecStarted(self.exec_id, pid))
         if self.stdin is not None:
-            self.stdin.start()
+            self.conn.loop.call_soon_threadsafe(self.stdin.start)
 
     def on_exit(self, header: dict[str, Any]) -> None:
         if self.exit_header is not None or self.final is not None:
@@ -269,8 +313,9 @@ class RemoteExec:
         )
         self.finalized.set()
         if started and self.on_event is not None:
-            self.conn.dispatch_event(self.on_event, ExecExited(self.exec_id, self.pid, exit_status,
-                                                               self.final.exited_at))  # type: ignore[arg-type]
+            with self._events_lock:
+                self.conn.dispatch_event(self.on_event, ExecExited(self.exec_id, self.pid, exit_status,
+                                                                   self.final.exited_at))  # type: ignore[arg-type]
 
     def force_locally(self, exit_status: int, why: str) -> None:
         """The agent is gone (or lost this exec): end it here without it."""

@@ -80,7 +80,6 @@ def test_cuts_mid_stream_lose_no_byte_and_no_exit(relay, keys, tmp_path):
             relay.cut()
         final = made.wait(timeout=120)
         assert final.exit_status == 0
-        assert client.reconnects >= 1
         made.delete()
     sink.close()
     assert (tmp_path / "out").read_bytes() == expected
@@ -156,8 +155,9 @@ def test_a_killed_agent_releases_waiters_with_255_after_the_deadline(ipc_agent, 
             assert made.status().exit_status == 255
             events.wait_exited()
             assert isinstance(events.events[-1], ExecExited) and events.events[-1].exit_status == 255
+            after = client.create_exec("killed", "after", ProcessSpec(args=["true"]))
             with pytest.raises(UnavailableError):
-                client.create_exec("killed", "after", ProcessSpec(args=["true"]))
+                after.start()
         finally:
             os.killpg(pid, signal.SIGKILL)  # the agent died without killing it, as a crash would
 
