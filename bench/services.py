@@ -1,0 +1,169 @@
+"""Local processes the host-side benchmarks talk to, each in its own process as the agent is.
+
+Agents are the project's real ``python -m guest_agent`` (started like the test
+suite's :class:`~tests.support.agent.AgentProcess`, or through a launcher
+module); the raw baselines are :mod:`bench.echo` and :mod:`bench.rawpipe`.
+All are started, waited for (their ``ready`` line) and stopped the same way,
+and :class:`Services` stops everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from host_proxy import AgentClient
+from host_proxy.cli_embedded import read_line
+from tests.support.agent import ROOT, AgentProcess, Keys
+
+from .measure import private_directory
+
+
+class ServerProcess:
+    """``python -m MODULE ARGS`` in its own process, ready once it prints a line starting with ``ready``."""
+
+    def __init__(self, module: str, args: list[str], ready: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE)
+        assert self.process.stdout is not None
+        line = read_line(self.process.stdout.fileno(), 20.0)
+        if not line.startswith(ready.encode()):
+            self.stop()
+            raise RuntimeError(f"{module} did not start: {line!r}")
+        self.ready_line = line.decode().strip()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+class EchoServer(ServerProcess):
+    """``python -m bench.echo`` on one endpoint (``loop``: see :mod:`bench.echo`)."""
+
+    def __init__(self, listen: str, curve_secret: str | None = None, loop: str = "blocking") -> None:
+        args = ["--listen", listen, "--loop", loop]
+        if curve_secret is not None:
+            args += ["--curve-secret", curve_secret]
+        super().__init__("bench.echo", args, "echo ready ")
+        self.endpoint = self.ready_line.split()[2]
+
+
+class BenchAgent(AgentProcess):
+    """An :class:`AgentProcess` started through any launcher module (``guest_agent`` by default)."""
+
+    def __init__(self, listen: list[str], extra: list[str] | None = None, module: str = "guest_agent") -> None:
+        super().__init__(listen, extra)
+        self.module = module
+
+    def start(self, timeout: float = 20.0) -> BenchAgent:
+        command = [sys.executable, "-m", self.module, "--log-level", "WARNING"]
+        for endpoint in self.listen:
+            command += ["--listen", endpoint]
+        self.process = subprocess.Popen(command + self.extra, cwd=ROOT, stdout=subprocess.PIPE)
+        assert self.process.stdout is not None
+        line = read_line(self.process.stdout.fileno(), timeout)
+        if not line.startswith(b"uvm-agent ready "):
+            self.stop()
+            raise RuntimeError(f"agent did not start: {line!r}")
+        self.endpoints = line.decode().split()[2:]
+        return self
+
+
+@dataclass
+class LocalAgent:
+    """A running agent and a client connected to it."""
+
+    process: AgentProcess
+    client: AgentClient
+    endpoint: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class Services:
+    """Owns every process and directory a host-side family starts; ``close()`` stops them all."""
+
+    def __init__(self, prefix: str) -> None:
+        self.directory = private_directory(prefix)
+        self._keys: Keys | None = None
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def keys(self) -> Keys:
+        """A CURVE key set (agent and client certificates), made on first use."""
+        if self._keys is None:
+            self._keys = Keys.create(os.path.join(self.directory, "keys"))
+        return self._keys
+
+    def ipc(self, name: str) -> str:
+        return f"ipc://{self.directory}/{name}.sock"
+
+    def agent(self, listen: str, *, curve: bool = False, insecure: bool = False,
+              module: str = "guest_agent") -> LocalAgent:
+        """Start an agent on ``listen`` and connect a client to it (CURVE or plaintext on tcp).
+
+        ``module`` is what ``python -m`` runs: the agent itself, or a launcher of it
+        (:mod:`bench.uvloop_agent`).
+        """
+        extra: list[str] = []
+        if curve:
+            extra = ["--server-key", self.keys.agent_secret, "--authorized-keys", self.keys.authorized]
+        elif insecure:
+            extra = ["--insecure"]
+        process = BenchAgent([listen], extra, module).start()
+        self._stack.callback(process.stop)
+        endpoint = process.endpoints[0]
+        if curve:
+            client = AgentClient.connect(endpoint, server_key=self.keys.agent_public,
+                                         client_key=self.keys.client_secret, timeout=10)
+        else:
+            client = AgentClient.connect(endpoint, insecure=insecure, timeout=10)
+        self._stack.callback(client.close)
+        return LocalAgent(process, client, endpoint)
+
+    def echo(self, listen: str, *, curve: bool = False, loop: str = "blocking") -> EchoServer:
+        server = EchoServer(listen, self.keys.agent_secret if curve else None, loop)
+        self._stack.callback(server.stop)
+        return server
+
+    def rawpipe(self, transport: str) -> tuple[ServerProcess, str]:
+        """A :mod:`bench.rawpipe` sender and the endpoint to reach it at."""
+        endpoint = self.ipc("rawpipe") if transport == "zmq" else self.scratch("rawpipe.unix")
+        server = ServerProcess("bench.rawpipe", ["--transport", transport, "--listen", endpoint], "rawpipe ready")
+        self._stack.callback(server.stop)
+        return server, endpoint
+
+    def defer(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` at ``close()``, before what was started earlier is stopped."""
+        self._stack.callback(fn)
+
+    def scratch(self, name: str) -> str:
+        """A path in the private directory."""
+        return os.path.join(self.directory, name)
+
+    def close(self) -> None:
+        self._stack.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
