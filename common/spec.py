@@ -75,10 +75,13 @@ def check_text(value: object, field_name: str, *, max_bytes: int, allow_empty: b
         raise _fail(field_name, "must not be empty")
     if "\x00" in value:
         raise _fail(field_name, "must not contain a NUL byte")
-    try:
-        size = len(value.encode("utf-8", "surrogateescape"))
-    except UnicodeEncodeError:
-        raise _fail(field_name, "is not encodable as UTF-8") from None
+    if value.isascii():  # the common case, and O(1): one byte per character
+        size = len(value)
+    else:
+        try:
+            size = len(value.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:
+            raise _fail(field_name, "is not encodable as UTF-8") from None
     if size > max_bytes:
         raise _fail(field_name, f"is {size} bytes, more than the limit of {max_bytes}")
     return value

@@ -36,6 +36,8 @@ class AgentExec:
             self.sinks[STDERR] = WireSink(lambda seq, data: self._send_chunk(STDERR, seq, data), window, chunk)
         self.stdin = WireSource(self._send_stdin_ack, window) if args.stdin else None
         self.exit_header: dict[str, Any] | None = None
+        self._wire_snapshot: ExecStatus | None = None
+        self._wire: dict[str, Any] = {}
         self.core = ExecCore(
             supervisor,
             args.task_id,
@@ -49,6 +51,14 @@ class AgentExec:
             drain_timeout=args.drain_timeout,
         )
         self.core.add_exit_listener(self._on_exit)
+
+    def wire_status(self) -> dict[str, Any]:
+        """The exec's status map (kept while the status is unchanged: status is the commonest op)."""
+        snapshot = self.core.status()
+        if self._wire_snapshot is not snapshot:
+            self._wire_snapshot = snapshot
+            self._wire = protocol.status_to_wire(snapshot)
+        return self._wire
 
     def set_owner(self, session: Session | None) -> None:
         if self.owner is not None:

@@ -90,7 +90,7 @@ def op_close_io(agent: Agent, session: Session, message: dict[str, Any]) -> dict
 
 
 def op_status(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
-    return protocol.status_to_wire(_lookup(agent, message).core.status())
+    return _lookup(agent, message).wire_status()
 
 
 def op_force_exit(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
