@@ -10,6 +10,30 @@ crashes an older client.
 
 from __future__ import annotations
 
+import reprlib
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 2
+_SHORT.maxstring = 60
+_SHORT.maxlong = 40
+_SHORT.maxother = 60
+for _attribute in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxdeque", "maxarray"):
+    setattr(_SHORT, _attribute, 4)
+
+
+def describe(value: object) -> str:
+    """A short, bounded picture of a value a peer sent, for error messages.
+
+    Error messages travel back and may be cached, so they never grow with
+    the input, and a value nested as deep as msgpack allows cannot make
+    ``repr`` recurse.
+    """
+    try:
+        text = _SHORT.repr(value)
+    except Exception:  # a hostile object's own repr: say only what it is
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 100 else text[:97] + "..."
+
 
 class ExecError(Exception):
     """Base of every error the exec contract raises. ``code`` is its wire code."""
@@ -94,7 +118,7 @@ def from_wire(code: object, message: object) -> ExecError:
     text = message if isinstance(message, str) else repr(message)
     cls = ERROR_CLASSES.get(code, ExecError) if isinstance(code, str) else ExecError
     if cls is ExecError and code != ExecError.code:
-        text = f"{text} (agent error code {code!r})"
+        text = f"{text} (agent error code {describe(code)})"
     return cls(text)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, describe
 from .spec import MAX_ID_BYTES, MAX_PATH_BYTES, MAX_TERMINAL_DIM, ProcessSpec, check_int, check_text
 from .state import ExecState, ExecStatus
 
@@ -200,12 +200,15 @@ def datetime_to_wire(moment: datetime.datetime | None) -> int | None:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+#: 9999-12-31T23:59:59.999999Z, the last moment a Python datetime holds.
+_MAX_MICROS = 253402300799999999
+
+
 def datetime_from_wire(value: object, field: str = "exited_at") -> datetime.datetime | None:
     if value is None:
         return None
-    micros = check_int(value, field, 0, 2**62)
-    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-    return epoch + datetime.timedelta(microseconds=micros)
+    return _EPOCH + datetime.timedelta(microseconds=get_int({field: value}, field, 0, _MAX_MICROS))
 
 
 def status_to_wire(status: ExecStatus) -> dict[str, Any]:
@@ -231,7 +234,7 @@ def status_from_wire(message: object) -> ExecStatus:
     try:
         exec_state = ExecState(state)
     except ValueError:
-        raise _bad("state", f"unknown state {state!r}") from None
+        raise _bad("state", f"unknown state {describe(state)}") from None
     return ExecStatus(
         id=get_str(message, "task", MAX_ID_BYTES),
         exec_id=get_str(message, "exec", MAX_ID_BYTES),

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Union
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, describe
 
 # Limits chosen to admit anything Linux's execve admits for one argument or
 # environment string (MAX_ARG_STRLEN = 128 KiB), while keeping a single request
@@ -140,7 +140,7 @@ class Rlimit:
 
     def __post_init__(self) -> None:
         if not isinstance(self.type, str) or self.type not in RLIMIT_TYPES:
-            raise _fail("rlimits.type", f"unknown resource limit {self.type!r}")
+            raise _fail("rlimits.type", f"unknown resource limit {describe(self.type)}")
         check_int(self.soft, f"rlimits[{self.type}].soft", 0, MAX_RLIM)
         check_int(self.hard, f"rlimits[{self.type}].hard", 0, MAX_RLIM)
         if self.soft > self.hard:
@@ -176,12 +176,12 @@ class ProcessSpec:
         for index, entry in enumerate(env):
             total += len(check_text(entry, f"env[{index}]", max_bytes=MAX_STRING_BYTES))
             if "=" not in entry or entry.startswith("="):
-                raise _fail(f"env[{index}]", f"{entry[:64]!r} is not of the form KEY=VALUE")
+                raise _fail(f"env[{index}]", f"{describe(entry)} is not of the form KEY=VALUE")
         if total > MAX_ARGV_ENV_BYTES:
             raise _fail("args+env", f"{total} bytes in all, more than the limit of {MAX_ARGV_ENV_BYTES}")
         check_text(self.cwd, "cwd", max_bytes=MAX_PATH_BYTES, allow_empty=False)
         if not self.cwd.startswith("/"):
-            raise _fail("cwd", f"{self.cwd!r} is not an absolute path")
+            raise _fail("cwd", f"{describe(self.cwd)} is not an absolute path")
         _check_bool(self.terminal, "terminal")
         if self.console_size is not None:
             size = _check_list(self.console_size, "consoleSize", 2)

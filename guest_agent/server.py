@@ -33,6 +33,7 @@ from common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     UnimplementedError,
+    describe,
 )
 from common.supervisor import Supervisor
 from common.zmqloop import LoopSocket
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 AGENT_NAME = "uvmexec-agent/0.1.0"
 #: Replies remembered per session, so a request resent after a reconnect is answered, not redone.
 REPLY_CACHE = 1024
+#: ... and at most this many bytes of them (a few list pages), whatever the replies' sizes.
+REPLY_CACHE_BYTES = 16 * 1024 * 1024
 #: Messages held for a session that cannot take them right now.
 MAX_OUTBOX = 65536
 MAX_SESSIONS = 1024
@@ -64,6 +67,7 @@ class Session:
         self.routing_id: bytes | None = None
         self.outbox: collections.deque[list[Any]] = collections.deque()
         self.replies: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
+        self.reply_bytes = 0
         #: Highest request id whose reply was evicted from the cache: older unknown ids are refused.
         self.forgotten_below = -1
         self.owned: set[AgentExec] = set()
@@ -107,8 +111,10 @@ class Session:
         """Answer on the connection the request came from, and remember the answer."""
         frames = [protocol.pack(header)]
         self.replies[request_id] = frames
-        while len(self.replies) > REPLY_CACHE:
-            evicted, _ = self.replies.popitem(last=False)
+        self.reply_bytes += len(frames[0])
+        while len(self.replies) > REPLY_CACHE or (self.reply_bytes > REPLY_CACHE_BYTES and len(self.replies) > 1):
+            evicted, evicted_frames = self.replies.popitem(last=False)
+            self.reply_bytes -= len(evicted_frames[0])
             self.forgotten_below = max(self.forgotten_below, evicted)
         self.answer(listener, routing_id, frames)
 
@@ -292,7 +298,7 @@ class Agent:
         try:
             handler = handlers.REQUESTS.get(op) if isinstance(op, str) else None
             if handler is None:
-                raise UnimplementedError(f"unknown op {str(op)[:64]!r}")
+                raise UnimplementedError(f"unknown op {describe(op)}")
             result = handler(self, session, header)
             if isinstance(result, handlers.Then):
                 return {"result": result.result}, result.after
@@ -327,7 +333,7 @@ class Agent:
             if version is None:
                 raise UnimplementedError(
                     f"no common protocol version: the agent speaks {list(protocol.VERSIONS)}, "
-                    f"the client offered {header.get('versions')!r}"
+                    f"the client offered {describe(header.get('versions'))}"
                 )
             session_id = protocol.get_str(header, "session", 64)
             takes_events = protocol.get_bool(header, "events", True)

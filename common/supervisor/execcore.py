@@ -23,6 +23,7 @@ from collections.abc import Callable
 from ..errors import (
     InvalidArgumentError,
     UnavailableError,
+    describe,
     invalid_state_error,
     not_a_tty_error,
     not_found_error,
@@ -50,20 +51,20 @@ DEFAULT_DRAIN_TIMEOUT = 2.0
 
 def check_signal(signum: object) -> int:
     if not isinstance(signum, int) or isinstance(signum, bool) or not 1 <= signum <= MAX_SIGNAL:
-        raise InvalidArgumentError(f"invalid signal {signum!r}: must be an integer in [1, {MAX_SIGNAL}]")
+        raise InvalidArgumentError(f"invalid signal {describe(signum)}: must be an integer in [1, {MAX_SIGNAL}]")
     return signum
 
 
 def check_exit_status(status: object) -> int:
     if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 255:
-        raise InvalidArgumentError(f"invalid exit status {status!r}: must be an integer in [0, 255]")
+        raise InvalidArgumentError(f"invalid exit status {describe(status)}: must be an integer in [0, 255]")
     return status
 
 
 def check_terminal_size(width: object, height: object) -> tuple[int, int]:
     for name, value in (("width", width), ("height", height)):
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TERMINAL_DIM:
-            raise InvalidArgumentError(f"invalid terminal {name} {value!r}: must be an integer in [0, {MAX_TERMINAL_DIM}]")
+            raise InvalidArgumentError(f"invalid terminal {name} {describe(value)}: must be an integer in [0, {MAX_TERMINAL_DIM}]")
     return width, height  # type: ignore[return-value]
 
 

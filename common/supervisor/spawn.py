@@ -24,6 +24,7 @@ import termios
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import describe
 from ..spec import MAX_RLIM, ProcessSpec
 
 # Linux resource numbers; Python's resource module lacks RLIMIT_LOCKS.
@@ -106,7 +107,7 @@ def find_executable(spec: ProcessSpec) -> str:
             continue
         if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
             return candidate
-    raise SpawnError(f"executable file not found in $PATH: {program!r}")
+    raise SpawnError(f"executable file not found in $PATH: {describe(program)}")
 
 
 def _nonblocking_cloexec_pipe() -> tuple[int, int]:
@@ -177,7 +178,7 @@ class _ChildSetup:
                 if _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
                     code = ctypes.get_errno()
                     raise OSError(code, os.strerror(code))
-            step = f"cwd {self.cwd!r}"
+            step = f"cwd {describe(self.cwd)}"
             os.chdir(self.cwd)
         except OSError as error:
             os.write(self.report_fd, f"{step}: {error.strerror}".encode()[:512])
@@ -289,9 +290,9 @@ def spawn(spec: ProcessSpec, *, feed_stdin: bool, capture_stdout: bool, capture_
 def _describe_os_error(error: OSError, spec: ProcessSpec, executable: str, change_identity: bool) -> str:
     reason = error.strerror or str(error)
     if error.filename is not None and error.filename == spec.cwd and error.filename != executable:
-        return f"cwd {spec.cwd!r}: {reason}"
+        return f"cwd {describe(spec.cwd)}: {reason}"
     if error.filename is not None:
-        return f"exec {executable!r}: {reason}"
+        return f"exec {describe(executable)}: {reason}"
     if change_identity and error.errno == errno.EPERM:
         return f"switching to user {spec.user.uid}:{spec.user.gid}: {reason}"
-    return f"starting {spec.args[0]!r}: {reason}"
+    return f"starting {describe(spec.args[0])}: {reason}"
