@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from common import protocol
 from common.errors import InvalidArgumentError, UnavailableError, already_exists_error, not_found_error
 from common.protocol import STREAMS, CreateArgs
+from common.spec import MAX_ID_BYTES, MAX_PATH_BYTES
 
 from .execs import AgentExec
 
@@ -128,8 +129,22 @@ def op_stats(agent: Agent, session: Session, message: dict[str, Any]) -> dict[st
     }
 
 
+#: The largest status on the wire: four paths, two ids and fixed-size fields.
+_MAX_STATUS_BYTES = 4 * MAX_PATH_BYTES + 2 * MAX_ID_BYTES + 256
+#: Execs per ``list`` page: even a page of the largest statuses stays under the header limit.
+LIST_PAGE = protocol.MAX_HEADER_BYTES // _MAX_STATUS_BYTES * 4 // 5
+
+
 def op_list(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
-    return {"execs": [protocol.status_to_wire(record.core.snapshot) for record in agent.execs.values()]}
+    """One page of the execs the agent tracks, in handle order; ``next`` is the cursor for the
+    following page (None at the end)."""
+    after = protocol.get_int(message, "after", 0, protocol.MAX_HANDLE, default=0)
+    handles = sorted(handle for handle in agent.handles if handle > after)
+    page = handles[:LIST_PAGE]
+    return {
+        "execs": [protocol.status_to_wire(agent.handles[handle].core.snapshot) for handle in page],
+        "next": page[-1] if len(handles) > LIST_PAGE else None,
+    }
 
 
 def op_attach(agent: Agent, session: Session, message: dict[str, Any]) -> Then:

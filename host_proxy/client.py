@@ -251,8 +251,15 @@ class AgentClient:
     def list_execs(self) -> list[ExecStatus]:
         """Every exec the agent tracks (whoever created it; execs of this client that never
         started exist only here until they start)."""
-        result = self._request("list", {})
-        return [protocol.status_from_wire(entry) for entry in protocol.get_list(result, "execs", 10**6)]
+        listed: list[ExecStatus] = []
+        after = 0
+        while True:  # page by page: one reply never nears a message size limit
+            result = self._request("list", {"after": after})
+            listed.extend(protocol.status_from_wire(entry) for entry in protocol.get_list(result, "execs", 10**6))
+            cursor = result.get("next")
+            if cursor is None:
+                return listed
+            after = protocol.get_int(result, "next", after + 1, protocol.MAX_HANDLE)
 
     def stats(self) -> dict[str, int]:
         """The agent's own counters: execs, sessions, fds, threads, RSS, output held for slow readers."""
