@@ -231,6 +231,9 @@ class Agent:
         for core in list(self.supervisor.running):
             core.force_exit(255)
         await self.supervisor.reaper.wait_all(grace)
+        # What the execs left behind: background children of exited execs, and whatever was
+        # orphaned to this subreaper.
+        self.supervisor.reaper.kill_everything(grace)
         current = asyncio.current_task()
         tasks = [task for task in asyncio.all_tasks() if task is not current]
         for task in tasks:

@@ -15,9 +15,11 @@ import asyncio
 import ctypes
 import logging
 import os
+import select
 import signal
 import subprocess
 import threading
+import time
 
 from ..state import exit_status_from_wait
 
@@ -141,6 +143,23 @@ class Reaper:
         if pending:
             await asyncio.wait(pending, timeout=timeout)
 
+    def kill_everything(self, timeout: float) -> None:
+        """SIGKILL every descendant of this process and reap the children (blocking, at most
+        ``timeout``): the agent's last act, so nothing it started outlives it. Descendants, not
+        process groups: a group id of a long-gone exec may belong to someone else by now."""
+        deadline = time.monotonic() + timeout
+        for _ in range(3):  # a killed parent's children are orphaned to us: look again
+            descendants = _descendants_of(os.getpid())
+            if not descendants:
+                return
+            for pid in descendants:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for pid in _children_of(os.getpid()):
+                _reap_within(pid, deadline)
+
     def close(self) -> None:
         """Stop watching (the loop is shutting down); pending futures stay unresolved."""
         for watch in self._watches.values():
@@ -149,3 +168,50 @@ class Reaper:
         self._watches.clear()
         if self._reap_orphans:
             self._loop.remove_signal_handler(signal.SIGCHLD)
+
+
+def _parents() -> dict[int, int]:
+    """pid -> ppid of every process."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat_file:
+                parents[int(entry)] = int(stat_file.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return parents
+
+
+def _children_of(parent: int) -> list[int]:
+    return [pid for pid, ppid in _parents().items() if ppid == parent]
+
+
+def _descendants_of(root: int) -> list[int]:
+    parents = _parents()
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        current = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == current]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def _reap_within(pid: int, deadline: float) -> None:
+    """Wait for a killed child to exit (on its pidfd, not by sleeping) and reap it."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    try:
+        if pidfd is not None:
+            select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
