@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 
@@ -32,9 +33,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _raise_open_file_limit() -> None:
+    """Take the hard limit as our soft limit (as containerd does): each exec costs the agent
+    a pidfd and up to three pipes, and init often hands down a soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:
+            log.warning("cannot raise the open file limit from %d to %d: %s", soft, hard, error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="uvm-agent: %(levelname)s %(name)s: %(message)s")
+    _raise_open_file_limit()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
