@@ -197,7 +197,8 @@ class Agent:
     def _configure(socket: zmq.Socket, endpoint: str, curve: tuple[bytes, bytes] | None, insecure: bool) -> None:
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No ROUTER_HANDOVER: libzmq 4.3 aborts the process when a connection whose routing id was
+        # handed over ends. Clients let ZeroMQ pick a fresh routing id per connection and say hello.
         socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         socket.setsockopt(zmq.SNDHWM, 100_000)
         socket.setsockopt(zmq.RCVHWM, 10_000)

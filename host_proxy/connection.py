@@ -137,7 +137,6 @@ class Connection:
         """Connect and say hello; ``opened`` gets the hello result or an UnavailableError."""
         self._opened = opened
         socket: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
-        socket.setsockopt(zmq.ROUTING_ID, self.session_id)
         self.configure_socket(socket)
         monitor = socket.get_monitor_socket(_MONITORED)
         self._monitor = LoopSocket(self.loop, monitor, self._on_monitor_event)

@@ -87,8 +87,6 @@ class DirectRequests:
         conn = self._conn
         socket: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
         try:
-            # Its own routing id: the agent must not mistake it for the event connection.
-            socket.setsockopt(zmq.ROUTING_ID, conn.session_id + bytes([index]))
             conn.configure_socket(socket)
             socket.connect(conn.endpoint)
             self._exchange(socket, conn.next_request_id(), "hello", {
