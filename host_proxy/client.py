@@ -233,6 +233,7 @@ class AgentClient:
                 stdin_next=stdin_next,
             )
             remote.pid = status.pid
+            remote.start_published = bool(status.pid)  # started under its creator: not ours to publish
             remote.on_agent = True
             self._track_attached(remote, status.status.value == "running")
             attached.append(remote)

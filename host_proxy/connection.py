@@ -331,7 +331,7 @@ class Connection:
         except Exception:  # a monitor message we cannot read is not worth failing for
             return
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            if self.state in ("lost", "gone") and self._hello_id is None:
+            if self.state in ("connecting", "lost", "gone") and self._hello_id is None:
                 self._say_hello()
         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self._fail_open(AuthenticationError(
@@ -341,8 +341,19 @@ class Connection:
             self._fail_open(AuthenticationError(
                 f"the CURVE handshake with the agent at {self.display} failed (wrong server key, or not a uvmexec agent)"
             ))
-        elif event == zmq.EVENT_DISCONNECTED and self.state == "ready":
-            self._lost()
+        elif event == zmq.EVENT_DISCONNECTED:
+            if self.state == "ready":
+                self._lost()
+            self._forget_handshake()
+
+    def _forget_handshake(self) -> None:
+        """A hello or resync in flight died with its connection: the next handshake starts over."""
+        for request_id, pending in list(self._pending.items()):
+            if pending.internal:
+                del self._pending[request_id]
+                if pending.timer is not None:
+                    pending.timer.cancel()
+        self._hello_id = None
 
     # -- hello, loss and resync -------------------------------------------------------------
 
@@ -407,7 +418,10 @@ class Connection:
         self._back()
 
     def _resync(self) -> None:
-        live = [remote for remote in self.execs.values() if remote.final is None and remote.on_agent]
+        # The agent may know an exec whose create was sent but not answered (the reply lost in the
+        # cut): ask about it too, or its start, output and exit would never be replayed.
+        live = [remote for remote in self.execs.values()
+                if remote.final is None and (remote.on_agent or remote.create_sent)]
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.request("resync", {"execs": [{"h": remote.handle, "acked": remote.acked()} for remote in live]},
                      future, internal=True)

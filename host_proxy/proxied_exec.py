@@ -76,6 +76,7 @@ class ProxiedExec(Exec):
                 ops.append((then[0], {**self._ids(), **then[1]}))
             if remote.create_request_id is None:
                 remote.create_request_id = self._client._conn.next_request_id()
+            remote.create_sent = True
             results = self._client._pipeline(ops, [remote.create_request_id] + [None] * (len(ops) - 1))
             if isinstance(results[0], UnavailableError):
                 raise results[0]  # not sent, or no answer: still only here; a later call tries again

@@ -215,6 +215,10 @@ class RemoteExec:
         #: The create request not yet sent: it goes out with the first call that needs the agent.
         self.pending_create: dict[str, Any] | None = None
         self.create_request_id: int | None = None
+        #: The create went out at least once (the agent may know the exec before we hear so).
+        self.create_sent = False
+        #: ExecStarted went out (or the start happened before this client attached).
+        self.start_published = False
         #: Why the agent refused the create; every later call raises it.
         self.create_error: ExecError | None = None
         self.create_lock = threading.Lock()
@@ -251,12 +255,13 @@ class RemoteExec:
         Any thread. The lock keeps ExecStarted ahead of ExecExited whichever thread gets here first.
         """
         with self._events_lock:
-            if self.pid:
+            if self.start_published:
                 return
-            self.pid = pid
+            self.start_published = True
+            self.pid = self.pid or pid
             if self.on_event is not None:
-                self.conn.dispatch_event(self.on_event, ExecStarted(self.exec_id, pid))
-        if self.stdin is not None:
+                self.conn.dispatch_event(self.on_event, ExecStarted(self.exec_id, self.pid))
+        if self.stdin is not None and self.final is None:
             self.conn.loop.call_soon_threadsafe(self.stdin.start)
 
     def on_exit(self, header: dict[str, Any]) -> None:
@@ -314,6 +319,10 @@ class RemoteExec:
         self.finalized.set()
         if started and self.on_event is not None:
             with self._events_lock:
+                if not self.start_published:
+                    # The start was never recorded (its event and reply were lost): publish it first.
+                    self.start_published = True
+                    self.conn.dispatch_event(self.on_event, ExecStarted(self.exec_id, self.pid))
                 self.conn.dispatch_event(self.on_event, ExecExited(self.exec_id, self.pid, exit_status,
                                                                    self.final.exited_at))  # type: ignore[arg-type]
 
@@ -336,10 +345,12 @@ class RemoteExec:
 
     def after_resync(self, entry: dict[str, Any]) -> None:
         if not entry.get("known"):
-            self.force_locally(255, "the agent no longer knows it")
-            return
-        if entry.get("pid") and not self.pid:
-            self.on_started(entry["pid"])  # the started event was lost with the connection
+            if self.on_agent:
+                self.force_locally(255, "the agent no longer knows it")
+            return  # a create that never arrived: it is still pending and will be sent again
+        self.on_agent = True
+        if entry.get("pid"):
+            self.on_started(entry["pid"])  # once: the started event may have been lost with the connection
         if self.stdin is not None:
             # Acknowledgements sent while the connection was down are lost: take the agent's word.
             self.stdin.on_ack(entry.get("stdin_acked", -1))
