@@ -1,0 +1,65 @@
+"""Fixtures for the reliability tests: real agent processes (ipc and CURVE tcp), keys, relays, clients.
+
+Every agent is a fresh ``python -m guest_agent`` child of the test, stopped
+(and its leftovers killed) at the end, so a test's figures are its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from host_proxy import AgentClient
+from tests.reliability.helpers import FreezableRelay, free_port, stop_agent, tcp_address
+from tests.support.agent import AgentProcess, Keys, private_directory
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    directory = private_directory("uvm-rel-")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def keys(workdir: str) -> Keys:
+    return Keys.create(f"{workdir}/keys")
+
+
+@pytest.fixture
+def ipc_agent(workdir: str) -> Iterator[AgentProcess]:
+    agent = AgentProcess([f"ipc://{workdir}/agent.sock"]).start()
+    try:
+        yield agent
+    finally:
+        stop_agent(agent)
+
+
+@pytest.fixture
+def client(ipc_agent: AgentProcess) -> Iterator[AgentClient]:
+    with AgentClient.connect(ipc_agent.endpoints[0], timeout=10) as connected:
+        yield connected
+
+
+@pytest.fixture
+def tcp_agent(keys: Keys) -> Iterator[AgentProcess]:
+    agent = AgentProcess([f"tcp://127.0.0.1:{free_port()}"],
+                         ["--server-key", keys.agent_secret, "--authorized-keys", keys.authorized]).start()
+    try:
+        yield agent
+    finally:
+        stop_agent(agent)
+
+
+@pytest.fixture
+def relay(tcp_agent: AgentProcess) -> Iterator[FreezableRelay]:
+    relay = FreezableRelay(tcp_address(tcp_agent))
+    try:
+        yield relay
+    finally:
+        relay.close()
+

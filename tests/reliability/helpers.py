@@ -1,0 +1,424 @@
+"""What the reliability tests look at: an agent's processes and counters, and process trees to clean up.
+
+Everything here waits on something that signals (a pidfd, a reply from the
+agent, a socket), never by sleeping. A request to the agent is itself a
+wait: the agent answers only after its loop handled what came before.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from common import ProcessSpec, Stdio
+from common.errors import ExecError
+from host_proxy import AgentClient
+from host_proxy.loop_thread import shared_loop
+from tests.support.agent import ROOT, AgentProcess, Keys
+from tests.support.relay import TcpRelay
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, ppid)`` of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            fields = stat_file.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def all_processes() -> dict[int, tuple[str, int]]:
+    """Every process: pid -> (state, ppid)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = proc_stat(int(entry))
+            if stat is not None:
+                table[int(entry)] = stat
+    return table
+
+
+def children(pid: int) -> dict[int, str]:
+    """The direct children of ``pid``: child pid -> state (``Z`` for a zombie)."""
+    return {child: state for child, (state, ppid) in all_processes().items() if ppid == pid}
+
+
+def zombies(pid: int) -> list[int]:
+    return sorted(child for child, state in children(pid).items() if state == "Z")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (zombies excluded)."""
+    table = all_processes()
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (state, ppid) in table.items():
+            if ppid == parent and child not in found:
+                frontier.append(child)
+                if state != "Z":
+                    found.append(child)
+    return found
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    """Live processes whose real uid is ``uid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+            found.append(int(entry))
+    return found
+
+
+def wait_exited(pids: Iterable[int], timeout: float = 30.0) -> None:
+    """Wait (on pidfds) until every process in ``pids`` has exited."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # exited and reaped already
+        try:
+            remaining = max(0.0, deadline - time.monotonic())
+            readable, _, _ = select.select([pidfd], [], [], remaining)
+            assert readable, f"process {pid} still runs after {timeout}s"
+        finally:
+            os.close(pidfd)
+
+
+def kill_and_wait(pids: Iterable[int], timeout: float = 30.0) -> None:
+    """SIGKILL every process in ``pids`` and wait until each has exited."""
+    pids = list(pids)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_exited(pids, timeout)
+
+
+# -- agents ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_agent(agent: AgentProcess) -> None:
+    """Stop an agent and kill anything it left behind (a SIGKILLed agent leaves its children)."""
+    leftovers = descendants(agent.pid) if agent.process is not None else []
+    agent.stop()
+    kill_and_wait(leftovers)
+
+
+def tcp_address(agent: AgentProcess) -> tuple[str, int]:
+    host, port = agent.endpoints[0][len("tcp://"):].rsplit(":", 1)
+    return host, int(port)
+
+
+def connect_tcp(endpoint: str, keys: Keys, **options: float) -> AgentClient:
+    """An AgentClient over CURVE tcp with the test key set."""
+    options.setdefault("timeout", 10)
+    return AgentClient.connect(endpoint, server_key=keys.agent_public, client_key=keys.client_secret, **options)
+
+
+@dataclass
+class Footprint:
+    """What an agent holds, as its own counters and /proc tell."""
+
+    fds: int
+    threads: int
+    rss_kib: int
+    execs: int
+    running: int
+    watched: int
+    held_output_bytes: int
+    zombies: list[int]
+    children: int
+
+    def __str__(self) -> str:
+        return (f"fds={self.fds} threads={self.threads} rss={self.rss_kib}KiB execs={self.execs} "
+                f"running={self.running} watched={self.watched} held={self.held_output_bytes}B "
+                f"zombies={len(self.zombies)} children={self.children}")
+
+
+def settle(client: AgentClient) -> None:
+    """Two round trips: whatever the agent had pending (a SIGCHLD, an exit) has been handled.
+
+    The first reply may be sent in the same loop turn that queued a signal
+    handler; the second request is read in a later turn, after it ran.
+    """
+    client.ping()
+    client.ping()
+
+
+def warm_up(client: AgentClient) -> None:
+    """Make the agent allocate what it allocates once: pyzmq starts its zero-copy garbage
+    collector (a thread and a context: three threads, seven fds) at the first big output chunk."""
+    out = io.BytesIO()
+    made = client.create_exec("warm-up", "big-output", ProcessSpec(args=["head", "-c", "1048576", "/dev/zero"]),
+                              Stdio(stdin=io.BytesIO(b"x" * 300_000), stdout=out))
+    made.start()
+    assert made.wait(timeout=60).exit_status == 0
+    assert len(out.getvalue()) == 1048576
+    made.delete()
+
+
+def footprint(client: AgentClient, agent_pid: int) -> Footprint:
+    settle(client)
+    stats = client.stats()
+    return Footprint(
+        fds=stats["fds"], threads=stats["threads"], rss_kib=stats["rss_kib"], execs=stats["execs"],
+        running=stats["running"], watched=stats["watched"], held_output_bytes=stats["held_output_bytes"],
+        zombies=zombies(agent_pid), children=len(children(agent_pid)),
+    )
+
+
+def assert_clean(client: AgentClient, agent_pid: int, baseline: Footprint, *, rss_slack: float | None = None) -> Footprint:
+    """The agent holds nothing more than at ``baseline``: no exec, child, zombie, fd or thread more."""
+    now = footprint(client, agent_pid)
+    assert now.zombies == [], f"zombies left under the agent: {now}"
+    assert now.children == 0, f"processes left under the agent: {now}"
+    assert (now.execs, now.running, now.watched, now.held_output_bytes) == (0, 0, 0, 0), str(now)
+    assert now.fds <= baseline.fds, f"fds grew: {baseline} -> {now}"
+    assert now.threads <= baseline.threads, f"threads grew: {baseline} -> {now}"
+    if rss_slack is not None:
+        assert now.rss_kib <= baseline.rss_kib * (1 + rss_slack), f"RSS grew: {baseline} -> {now}"
+    return now
+
+
+def drain_events(timeout: float = 30.0) -> None:
+    """Wait until every ``on_event`` callback queued so far has run: the dispatch thread runs them
+    in order, so a marker queued now runs after all of them."""
+    done = threading.Event()
+    shared_loop().dispatch(lambda _: done.set(), None)
+    assert done.wait(timeout), "the event dispatch thread is stuck"
+
+
+def poll_agent(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Ask the agent until ``condition()`` (which must make a request) holds.
+
+    Each check is a round trip to the agent, so this waits on the agent, not on a clock.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def exec_state(client: AgentClient, task_id: str, exec_id: str) -> str | None:
+    """The agent's own view of an exec (``None`` if it does not track it)."""
+    try:
+        for status in client.list_execs():
+            if (status.id, status.exec_id) == (task_id, exec_id):
+                return status.status.value
+    except ExecError:
+        return None
+    return None
+
+
+# -- a relay that can lose one direction -------------------------------------------------------
+
+
+class FreezableRelay(TcpRelay):
+    """A :class:`TcpRelay` that can also lose everything the agent sends, until the next cut.
+
+    ``freeze()`` models the moment a link dies: requests still reach the agent
+    but its replies and events are lost. ``freeze_after_handshake()`` does the
+    same to the next connection once its ZMTP handshake is through (plaintext
+    agents only: it reads the NULL mechanism's greeting and READY command), so
+    the first message after a reconnect — the client's hello — goes unanswered.
+    Call ``cut()`` afterwards (it also thaws): a stream that lost bytes is no
+    longer intact.
+    """
+
+    GREETING = 64  # ZMTP 3 greeting: signature, version, mechanism, as-server, filler
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.frozen = False
+        self.swallowed = 0
+        self.swallowing = threading.Event()
+        self._arm_next = False
+        self._handshakes: dict[socket.socket, bytearray] = {}
+        self._deaf: set[socket.socket] = set()
+        self.upstream_bytes = 0
+        self._upstream_moved = threading.Condition()
+        super().__init__(target)
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def freeze_after_handshake(self) -> None:
+        self.swallowing.clear()
+        self._arm_next = True
+
+    def cut(self) -> None:
+        """Reset every connection and thaw (an armed ``freeze_after_handshake`` stays armed)."""
+        super().cut()
+        self.frozen = False
+        self._handshakes.clear()
+        self._deaf.clear()
+
+    def _accept(self) -> None:
+        before = set(self._pairs)
+        super()._accept()
+        for sock in set(self._pairs) - before:
+            if self._arm_next and _peer_port(sock) == self.target[1]:
+                self._arm_next = False
+                self._handshakes[sock] = bytearray()
+
+    def wait_upstream(self, beyond: int, timeout: float = 10.0) -> bool:
+        """Wait until more than ``beyond`` bytes went from clients to the agent in all."""
+        with self._upstream_moved:
+            return self._upstream_moved.wait_for(lambda: self.upstream_bytes > beyond, timeout)
+
+    def _forward(self, sock: socket.socket) -> None:
+        peer = self._pairs.get(sock)
+        if peer is not None and _peer_port(peer) == self.target[1]:  # from a client to the agent
+            try:
+                data = sock.recv(262144)
+                if data:
+                    peer.sendall(data)
+                    with self._upstream_moved:
+                        self.upstream_bytes += len(data)
+                        self._upstream_moved.notify_all()
+                    return
+            except OSError:
+                pass
+            self._pairs.pop(sock, None)
+            self._pairs.pop(peer, None)
+            self._reset(sock)
+            self._reset(peer)
+            return
+        from_agent = sock in self._pairs and _peer_port(sock) == self.target[1]
+        if from_agent and (self.frozen or sock in self._deaf or sock in self._handshakes):
+            try:
+                data = sock.recv(262144)
+            except OSError:
+                data = b""
+            if data:
+                self._pass_handshake(sock, data)
+                return
+        super()._forward(sock)  # (at EOF or an error this reads nothing and closes the pair)
+
+    def _pass_handshake(self, sock: socket.socket, data: bytes) -> None:
+        """Forward a connection's greeting and first command (READY); swallow what follows."""
+        seen = self._handshakes.get(sock)
+        if seen is None:
+            self._swallow(data)
+            return
+        start = len(seen)
+        seen += data
+        end = _handshake_end(seen, self.GREETING)
+        if end is None:
+            self._pairs[sock].sendall(data)
+            return
+        if end > start:
+            self._pairs[sock].sendall(bytes(seen[start:end]))
+        del self._handshakes[sock]
+        self._deaf.add(sock)
+        if len(seen) > end:
+            self._swallow(bytes(seen[end:]))
+
+    def _swallow(self, data: bytes) -> None:
+        self.swallowed += len(data)  # from the agent: lost
+        self.swallowing.set()
+
+
+def wait_agent_read_all(relay: FreezableRelay, timeout: float = 10.0) -> None:
+    """Until the agent's kernel holds no unread byte from the relay: whatever the relay forwarded,
+    the agent has taken in (a reset could otherwise discard it). Reads /proc/net/tcp."""
+    agent_port = relay.target[1]
+    ports = {sock.getsockname()[1] for sock in list(relay._pairs) if _peer_port(sock) == agent_port}
+    deadline = time.monotonic() + timeout
+    while True:
+        unread = 0
+        with open("/proc/net/tcp") as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].split(":")[1], 16)
+                remote_port = int(fields[2].split(":")[1], 16)
+                if local_port == agent_port and remote_port in ports:
+                    unread += int(fields[4].split(":")[1], 16)
+        if unread == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the agent left {unread} bytes unread for {timeout}s")
+
+
+def _handshake_end(seen: bytearray, greeting: int) -> int | None:
+    """Where the first ZMTP command after the greeting ends, once enough bytes are seen."""
+    if len(seen) < greeting + 2:
+        return None
+    flags = seen[greeting]
+    if flags & 0x02:  # long frame: 8-byte size
+        if len(seen) < greeting + 9:
+            return None
+        return greeting + 9 + int.from_bytes(seen[greeting + 1:greeting + 9], "big")
+    return greeting + 2 + seen[greeting + 1]
+
+
+def _peer_port(sock: socket.socket) -> int:
+    try:
+        return sock.getpeername()[1]
+    except OSError:
+        return -1
+
+
+class LimitedAgent(AgentProcess):
+    """An agent started under given resource limits (``prlimit``), as a guest's init would start it."""
+
+    def __init__(self, listen: list[str], limits: dict[str, tuple[int, int]]) -> None:
+        super().__init__(listen)
+        self.limits = limits
+
+    def start(self, timeout: float = 20.0) -> LimitedAgent:
+        command = ["prlimit", *(f"--{name}={soft}:{hard}" for name, (soft, hard) in self.limits.items()),
+                   sys.executable, "-m", "guest_agent", "--log-level", "WARNING"]
+        for endpoint in self.listen:
+            command += ["--listen", endpoint]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
+        assert self.process.stdout is not None
+        line = _ready_line(self.process.stdout.fileno(), timeout)
+        if not line.startswith(b"uvm-agent ready "):
+            self.stop()
+            raise RuntimeError(f"agent did not start: {line!r}")
+        self.endpoints = line.decode().split()[2:]
+        return self
+
+
+def _ready_line(fd: int, timeout: float) -> bytes:
+    """The agent's first line ("uvm-agent ready ..."), read with a deadline."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
