@@ -12,6 +12,7 @@ import logging
 import resource
 import signal
 import sys
+from collections.abc import Callable
 
 from .auth import KeyFileError
 from .server import Agent
@@ -44,6 +45,24 @@ def _raise_open_file_limit() -> None:
             log.warning("cannot raise the open file limit from %d to %d: %s", soft, hard, error)
 
 
+def on_stop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
+    """Call ``stop`` on the loop at SIGTERM or SIGINT, however many other signals arrive with it.
+
+    asyncio's own signal handlers learn of a signal from a byte in its wakeup pipe, and a burst of
+    SIGCHLD (a thousand execs ending together) fills that pipe: a SIGTERM whose byte no longer
+    fits would be lost. Python's own handlers run from a per-signal flag that cannot overflow, so
+    the stop signals use those; the pipe (set up for the reaper's SIGCHLD) only wakes the loop,
+    and being full is no reason to print a warning.
+    """
+    signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
+
+    def handler(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(stop)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="uvm-agent: %(levelname)s %(name)s: %(message)s")
@@ -62,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if not stopping.done():
             stopping.set_result(None)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop)
+    on_stop_signals(loop, stop)
     log.info("listening on %s (boot %s)", ", ".join(agent.endpoints), agent.boot_id)
     # The line tests and launchers wait for: every endpoint is bound.
     print(f"uvm-agent ready {' '.join(agent.endpoints)}", flush=True)
