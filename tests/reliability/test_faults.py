@@ -202,9 +202,8 @@ def test_a_start_whose_reply_is_lost_still_delivers_the_exit(tcp_agent, relay, k
     """The link dies after the agent got ``create`` and ``start`` but before their replies came
     back, and the process exits meanwhile. After the reconnect the client resends both (the agent
     answers from its reply cache) — and must still learn the exit: wait() returns 7, ExecStarted
-    then ExecExited are published once each. Today _resync lists only execs already known to be
-    on the agent (``on_agent``), so this exec's exit record is never replayed and wait() never
-    returns. (An earlier version of this test found exited-before-started, fixed upstream by the
+    then ExecExited are published once each. (BUG-3: _resync listed only execs already known to be
+    on the agent, so this exec's exit record was never replayed and wait() never returned. An earlier version of this test found exited-before-started, fixed upstream by the
     "started" event.)"""
     marker = FifoReader(str(tmp_path / "ran"))
     events = EventLog()
@@ -781,9 +780,9 @@ def test_an_exit_that_arrives_before_the_start_is_recorded_still_follows_exec_st
                                                                                      tmp_path):
     """The agent's "started" event and the replies to create+start are lost in a cut; the process
     then exits while the client is back, so its exit record arrives live — before start() has
-    recorded the start. ExecStarted must still be published, before ExecExited. Today finish()
-    stores the pid from the exit record, on_started() then takes the pid as "already published",
-    and ExecStarted is never published at all."""
+    recorded the start. ExecStarted must still be published, before ExecExited. (BUG-4: finish()
+    stored the pid from the exit record, on_started() then took the pid as "already published",
+    and ExecStarted was never published at all.)"""
     gate = str(tmp_path / "gate")
     os.mkfifo(gate)
     holder = os.open(gate, os.O_RDWR | os.O_NONBLOCK)

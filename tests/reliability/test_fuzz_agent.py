@@ -213,8 +213,8 @@ def test_deeply_nested_values_are_refused_not_crashed_on(raw, client):
 
 def test_a_value_nested_as_deep_as_msgpack_allows_is_an_invalid_argument(raw, client):
     """A signal (or status, or width) nested 1000 lists deep decodes (msgpack allows 1024), and
-    the agent must answer invalid_argument. Today the error message's repr() of the value raises
-    RecursionError, which the agent turns into code 'unknown' ('internal agent error')."""
+    the agent must answer invalid_argument. (BUG-9: the error message's repr() of the value raised
+    RecursionError, which the agent turned into code 'unknown', 'internal agent error'.)"""
     nested: Any = 0
     for _ in range(1000):
         nested = [nested]

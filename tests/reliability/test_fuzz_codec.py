@@ -161,10 +161,10 @@ def test_errors_from_the_wire_are_always_exec_errors(code: Any, message: Any) ->
                                        "spec": {"args": ["true"], "rlimits": [{"type": value, "soft": 1, "hard": 1}]}}),
 ], ids=["signal", "exit-status", "terminal-size", "rlimit-type"])
 def test_error_messages_are_bounded_whatever_the_input(check: Callable[[Any], Any]) -> None:
-    """An error names the field and shows a bounded excerpt of the bad value. Today check_signal,
+    """An error names the field and shows a bounded excerpt of the bad value. (BUG-8: check_signal,
     check_exit_status, check_terminal_size and Rlimit put repr() of the whole value in the message:
-    a 4 MiB string of control characters becomes a 16 MiB reply, kept in the session's reply cache
-    (1024 entries), so a client can make the agent hold gigabytes (see test_security.py)."""
+    a 4 MiB string of control characters became a 16 MiB reply, kept in the session's reply cache,
+    so a client could make the agent hold gigabytes; see test_security.py.)"""
     with pytest.raises(InvalidArgumentError) as raised:
         check("\x01" * 100_000)
     assert len(raised.value.message) <= 1024, f"a {len(raised.value.message)}-character error message"

@@ -143,9 +143,9 @@ def test_a_thousand_concurrent_execs_on_one_connection(ipc_agent: AgentProcess, 
 def test_a_thousand_concurrent_execs_under_the_guest_default_fd_limit(workdir, tmp_path):
     """In the guest the agent is started by a shell PID 1 and inherits the kernel's default
     RLIMIT_NOFILE of 1024 (hard 4096). Each running exec with stdout and stderr holds three fds
-    in the agent (two pipes and a pidfd), so the 1,000 concurrent execs above fail to start after
-    about 330 with "Too many open files". The agent should raise its soft limit to the hard one
-    at start (and give children the limit their spec asks for, or the original one)."""
+    in the agent (two pipes and a pidfd), so the 1,000 concurrent execs above failed to start after
+    about 330 with "Too many open files" (BUG-7). The agent raises its soft limit to the hard one
+    at start."""
     agent = LimitedAgent([f"ipc://{workdir}/limited.sock"], {"nofile": (1024, 4096)}).start()
     gate = str(tmp_path / "gate")
     os.mkfifo(gate)

@@ -272,9 +272,8 @@ def test_an_ssh_key_the_guest_does_not_know_is_refused(agent_behind_ssh, keys, t
 
 def test_oversized_bad_values_do_not_make_the_agent_hold_memory(ipc_agent, client):
     """Eight kill requests whose signal is a 4 MiB string of control characters. Each is refused,
-    but today the error message embeds repr() of the value (16 MiB) and the session's reply cache
-    keeps up to 1024 such replies: the agent's RSS grows by ~16 MiB per request and stays there.
-    It must grow by no more than a few MiB in all."""
+    It must grow by no more than a few MiB in all. (BUG-8: the error message embedded repr() of
+    the value, 16 MiB, and the session's reply cache kept up to 1024 such replies.)"""
     raw = RawSession(ipc_agent.endpoints[0], "hostile-memory")
     try:
         raw.request("create", task="mem", exec="e", spec={"args": ["sleep", "1000"]}, stdio={})
@@ -294,11 +293,10 @@ def test_oversized_bad_values_do_not_make_the_agent_hold_memory(ipc_agent, clien
 
 @pytest.mark.timeout(90)
 def test_listing_many_execs_does_not_disconnect_the_client(ipc_agent, tmp_path):
-    """300 execs with long (but valid) paths make a 4.8 MiB `list` reply. The client's socket
-    refuses messages over 4.25 MiB by closing the connection, and ZeroMQ does not reconnect after
-    such a protocol error: list_execs fails, and then every request, and every exec of that client
-    ends with 255 after reconnect_timeout while the agent still runs it. The agent must never send
-    a reply the client cannot take (paginate `list`, or refuse with an error)."""
+    """300 execs with long (but valid) paths: in one reply, 4.8 MiB. The client's socket refuses
+    messages over 4.25 MiB by closing the connection, and ZeroMQ does not reconnect after such a
+    protocol error, so list_execs, then every request failed, and every exec of that client ended
+    with 255 (BUG-6). The agent must never send a reply the client cannot take: `list` is paged."""
     raw = RawSession(ipc_agent.endpoints[0], "filler")
     path = "/" + "p" * 4095
     try:
