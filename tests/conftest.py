@@ -1,12 +1,31 @@
-"""Suite-wide options: which conformance backends run."""
+"""Suite-wide options (which conformance backends run) and the fixtures every part shares."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 
 import pytest
 
+from tests.support.agent import Keys, private_directory
 from tests.support.backends import REGISTRY
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    """A fresh 0700 directory for one test's sockets and keys, removed after it."""
+    directory = private_directory("uvm-test-")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def keys(workdir: str) -> Keys:
+    """A CURVE key set (agent and client) for one test."""
+    return Keys.create(f"{workdir}/keys")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

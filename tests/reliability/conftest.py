@@ -6,28 +6,13 @@ Every agent is a fresh ``python -m guest_agent`` child of the test, stopped
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from host_proxy import AgentClient
-from tests.reliability.helpers import FreezableRelay, free_port, stop_agent, tcp_address
-from tests.support.agent import AgentProcess, Keys, private_directory
-
-
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    directory = private_directory("uvm-rel-")
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def keys(workdir: str) -> Keys:
-    return Keys.create(f"{workdir}/keys")
+from tests.reliability.helpers import FreezableRelay, stop_agent, tcp_address
+from tests.support.agent import AgentProcess, Keys, free_port
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from common import ProcessSpec, Stdio
 from common.errors import ExecError
 from host_proxy import AgentClient
+from host_proxy.cli_embedded import read_line
 from host_proxy.loop_thread import shared_loop
 from tests.support.agent import ROOT, AgentProcess, Keys
 from tests.support.relay import TcpRelay
@@ -118,12 +119,6 @@ def kill_and_wait(pids: Iterable[int], timeout: float = 30.0) -> None:
 
 
 # -- agents ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stop_agent(agent: AgentProcess) -> None:
@@ -294,24 +289,13 @@ class FreezableRelay(TcpRelay):
         with self._upstream_moved:
             return self._upstream_moved.wait_for(lambda: self.upstream_bytes > beyond, timeout)
 
+    def _moved(self, sock: socket.socket, peer: socket.socket, data: bytes) -> None:
+        if _peer_port(peer) == self.target[1]:  # from a client to the agent
+            with self._upstream_moved:
+                self.upstream_bytes += len(data)
+                self._upstream_moved.notify_all()
+
     def _forward(self, sock: socket.socket) -> None:
-        peer = self._pairs.get(sock)
-        if peer is not None and _peer_port(peer) == self.target[1]:  # from a client to the agent
-            try:
-                data = sock.recv(262144)
-                if data:
-                    peer.sendall(data)
-                    with self._upstream_moved:
-                        self.upstream_bytes += len(data)
-                        self._upstream_moved.notify_all()
-                    return
-            except OSError:
-                pass
-            self._pairs.pop(sock, None)
-            self._pairs.pop(peer, None)
-            self._reset(sock)
-            self._reset(peer)
-            return
         from_agent = sock in self._pairs and _peer_port(sock) == self.target[1]
         if from_agent and (self.frozen or sock in self._deaf or sock in self._handshakes):
             try:
@@ -401,24 +385,9 @@ class LimitedAgent(AgentProcess):
             command += ["--listen", endpoint]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
         assert self.process.stdout is not None
-        line = _ready_line(self.process.stdout.fileno(), timeout)
+        line = read_line(self.process.stdout.fileno(), timeout)
         if not line.startswith(b"uvm-agent ready "):
             self.stop()
             raise RuntimeError(f"agent did not start: {line!r}")
         self.endpoints = line.decode().split()[2:]
         return self
-
-
-def _ready_line(fd: int, timeout: float) -> bytes:
-    """The agent's first line ("uvm-agent ready ..."), read with a deadline."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while not data.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data

@@ -39,13 +39,12 @@ from tests.reliability.helpers import (
     connect_tcp,
     descendants,
     footprint,
-    free_port,
     kill_and_wait,
     stop_agent,
     tcp_address,
     warm_up,
 )
-from tests.support.agent import ROOT, AgentProcess, Keys, private_directory
+from tests.support.agent import ROOT, AgentProcess, Keys, free_port, private_directory
 
 
 def say(text: str) -> None:

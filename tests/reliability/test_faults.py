@@ -40,7 +40,6 @@ from tests.reliability.helpers import (
     drain_events,
     exec_state,
     footprint,
-    free_port,
     kill_and_wait,
     poll_agent,
     proc_stat,
@@ -53,7 +52,7 @@ from tests.reliability.helpers import (
     warm_up,
     zombies,
 )
-from tests.support.agent import ROOT, AgentProcess, Keys
+from tests.support.agent import ROOT, AgentProcess, Keys, free_port
 from tests.support.io import FifoReader
 
 pytestmark = pytest.mark.timeout(300)

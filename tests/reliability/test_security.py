@@ -29,13 +29,12 @@ from tests.reliability.helpers import (
     children,
     connect_tcp,
     footprint,
-    free_port,
     poll_agent,
     stop_agent,
     tcp_address,
     warm_up,
 )
-from tests.support.agent import AgentProcess, Keys
+from tests.support.agent import AgentProcess, Keys, free_port
 from tests.support.sshd import SshServer, generate_key
 
 pytestmark = pytest.mark.timeout(180)

@@ -148,6 +148,7 @@ class TcpRelay:
             data = sock.recv(262144)
             if data:
                 peer.sendall(data)
+                self._moved(sock, peer, data)
                 return
         except OSError:
             pass
@@ -155,3 +156,6 @@ class TcpRelay:
         self._pairs.pop(peer, None)
         self._reset(sock)
         self._reset(peer)
+
+    def _moved(self, sock: socket.socket, peer: socket.socket, data: bytes) -> None:
+        """Called after ``data`` went from ``sock`` to ``peer``; subclasses watch the traffic here."""

@@ -25,13 +25,14 @@ import pwd
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
+
+from tests.support.agent import free_port
 
 SSHD = "/usr/sbin/sshd"  # sshd re-executes itself, so it insists on an absolute path
 SSH_KEYGEN = "ssh-keygen"
@@ -61,12 +62,6 @@ def fingerprint(public_key_path: Path) -> str:
         timeout=30,
     ).stdout
     return out.split()[1]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _descendants(root_pid: int) -> list[int]:
@@ -200,7 +195,7 @@ class SshServer:
         # process makes sshd exit with "Bind ... failed", so pick again.
         attempts = 1 if self.port else 5
         for attempt in range(attempts):
-            port = self.port or _free_port()
+            port = self.port or free_port()
             try:
                 self._spawn(port)
             except RuntimeError:

@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.agent import AgentProcess, Keys, private_directory
+from tests.support.agent import AgentProcess, Keys, free_port
 from tests.support.relay import TcpRelay
-
-
-@pytest.fixture
-def workdir() -> Iterator[str]:
-    directory = private_directory("uvm-wire-")
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def keys(workdir: str) -> Keys:
-    return Keys.create(f"{workdir}/keys")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
