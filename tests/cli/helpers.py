@@ -68,7 +68,7 @@ def reap(process: subprocess.Popen, timeout: float = 20.0) -> int:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-        raise AssertionError(f"{process.args} did not exit within {timeout}s") from None
+        raise AssertionError(f"{process.args!r} did not exit within {timeout}s") from None
 
 
 def gone(pid: int) -> bool:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from common import ProcessSpec, Stdio
 from common.errors import ExecError
@@ -133,7 +134,7 @@ def tcp_address(agent: AgentProcess) -> tuple[str, int]:
     return host, int(port)
 
 
-def connect_tcp(endpoint: str, keys: Keys, **options: float) -> AgentClient:
+def connect_tcp(endpoint: str, keys: Keys, **options: Any) -> AgentClient:
     """An AgentClient over CURVE tcp with the test key set."""
     options.setdefault("timeout", 10)
     return AgentClient.connect(endpoint, server_key=keys.agent_public, client_key=keys.client_secret, **options)

@@ -54,7 +54,8 @@ def say(text: str) -> None:
 def phase_seq(count: int) -> dict[str, Any]:
     directory = private_directory("soak-seq-")
     agent = AgentProcess([f"ipc://{directory}/agent.sock"]).start()
-    samples, lost = [], 0
+    samples: list[dict[str, Any]] = []
+    lost = 0
     try:
         with AgentClient.connect(agent.endpoints[0], timeout=10) as client:
             warm_up(client)

@@ -114,7 +114,8 @@ def run_job(client: AgentClient, job: Job) -> None:
     if err.getvalue() != job.stderr:
         job.problems.append(f"stderr {len(err.getvalue())} bytes, expected {len(job.stderr)}")
     kinds = [type(event) for event in events.events]
-    if kinds != [ExecStarted, ExecExited] or events.events[-1].exit_status != job.status:
+    last = events.events[-1] if events.events else None
+    if kinds != [ExecStarted, ExecExited] or not isinstance(last, ExecExited) or last.exit_status != job.status:
         job.problems.append(f"events {events.events}")
     made.delete()
 

@@ -39,8 +39,13 @@ def test_sigterm_stops_the_agent_loop_even_when_the_wakeup_pipe_is_full() -> Non
         # What the agent's reaper does: an asyncio SIGCHLD handler, which owns the wakeup pipe.
         reaped: list[int] = []
         loop.add_signal_handler(signal.SIGCHLD, lambda: reaped.append(1))
-        stopped = loop.create_future()
-        on_stop_signals(loop, lambda: stopped.done() or stopped.set_result(None))
+        stopped: asyncio.Future[None] = loop.create_future()
+
+        def stop() -> None:
+            if not stopped.done():
+                stopped.set_result(None)
+
+        on_stop_signals(loop, stop)
         wakeup = signal.set_wakeup_fd(-1)
         signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
         assert wakeup != -1
