@@ -159,7 +159,22 @@ class AgentClient:
 
     @property
     def reconnects(self) -> int:
+        """How many times the connection came back after a loss (or found the agent restarted)."""
         return self._conn.reconnects
+
+    def wait_ready(self, timeout: float) -> None:
+        """Return once the agent answers on this connection: at once while it does; after a loss,
+        when it is back (resynced, or found restarted with its execs ended).
+
+        Raises DeadlineExceededError after ``timeout`` seconds, UnavailableError if the client
+        is closed meanwhile.
+        """
+        conn = self._conn
+        with conn.settled:
+            if not conn.settled.wait_for(lambda: conn.state in ("ready", "closed"), timeout):
+                raise DeadlineExceededError(f"the agent at {conn.display} did not come back within {timeout:g}s")
+        if conn.state == "closed":
+            raise UnavailableError(f"the client for {conn.display} is closed")
 
     def create_exec(
         self,

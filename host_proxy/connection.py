@@ -18,6 +18,7 @@ import concurrent.futures
 import itertools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ class Connection:
         self._opened: concurrent.futures.Future[dict[str, Any]] | None = None
         self._hello_id: int | None = None
         self.reconnects = 0
+        #: Notified whenever ``state`` becomes "ready" or "closed" (waiters on any thread).
+        self.settled = threading.Condition()
         self._socket: LoopSocket | None = None
         self._monitor: LoopSocket | None = None
         self.direct = DirectRequests(self)
@@ -175,6 +178,11 @@ class Connection:
             self._socket.close()
         if self._monitor is not None:
             self._monitor.close()
+        self._settle()
+
+    def _settle(self) -> None:
+        with self.settled:
+            self.settled.notify_all()
 
     # -- requests ----------------------------------------------------------------------
 
@@ -386,6 +394,7 @@ class Connection:
             self.state = "ready"
             if self._opened is not None and not self._opened.done():
                 self._opened.set_result(result)
+            self._settle()
             return
         if result["boot_id"] != self.boot_id:
             self._agent_restarted(result["boot_id"])
@@ -449,3 +458,4 @@ class Connection:
             self._lost_timer.cancel()
             self._lost_timer = None
         log.info("the agent at %s is back", self.display)
+        self._settle()

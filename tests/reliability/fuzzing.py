@@ -229,6 +229,14 @@ class RawSession:
             if message.get("id") == request_id:
                 return received
 
+    def wait_event(self, event: str, timeout_ms: int = 20000) -> dict[str, Any]:
+        """The next event named ``event`` (``exited``, ``started``, …), read as it arrives."""
+        while True:
+            assert self.socket.poll(timeout_ms), f"no {event!r} event from the agent within {timeout_ms} ms"
+            message = msgpack.unpackb(self.socket.recv_multipart()[0], strict_map_key=False)
+            if message.get("ev") == event:
+                return message
+
     def sync(self) -> list[dict[str, Any]]:
         """Everything the agent sent since the last sync, ending with the ping's reply."""
         self.next_id += 1

@@ -217,6 +217,8 @@ def test_a_start_whose_reply_is_lost_still_delivers_the_exit(tcp_agent, relay, k
             starting = threading.Thread(target=_capture(made.start, failures))
             starting.start()
             marker.read_to_eof()
+            wait_exited([_pid_of(observer, "lost", "start")])  # the process is gone...
+            # ...and a round trip or two later the agent has recorded it
             poll_agent(lambda: exec_state(observer, "lost", "start") == "exited", 30, "the exit on the agent")
             assert relay.swallowed > 0
             relay.cut()
@@ -327,7 +329,9 @@ def test_a_sigkilled_agent_releases_every_waiter_of_every_exec(workdir):
             old_boot = client.boot_id
             second = AgentProcess([endpoint]).start()
             fresh = client.create_exec("killed", "fresh", sh("exit 3"))
-            _retry_unavailable(fresh.start, 30)  # fails at once until the client has found the new agent
+            client.wait_ready(30)  # requests fail at once until the client has found the new agent
+            assert client.boot_id != old_boot
+            fresh.start()
             assert fresh.wait(timeout=30).exit_status == 3
             assert client.boot_id != old_boot
     finally:
@@ -335,6 +339,13 @@ def test_a_sigkilled_agent_releases_every_waiter_of_every_exec(workdir):
         kill_and_wait(leftovers)
         if second is not None:
             stop_agent(second)
+
+
+def _pid_of(client: AgentClient, task_id: str, exec_id: str) -> int:
+    """The pid of a started exec, as the agent reports it."""
+    pids = [status.pid for status in client.list_execs() if (status.id, status.exec_id) == (task_id, exec_id)]
+    assert pids and pids[0], f"{task_id}/{exec_id} is not running on the agent"
+    return pids[0]
 
 
 def _capture(call, failures: list[BaseException]):
@@ -345,17 +356,6 @@ def _capture(call, failures: list[BaseException]):
         except BaseException as error:
             failures.append(error)
     return run
-
-
-def _retry_unavailable(call, timeout: float):
-    """``call()`` until it stops raising UnavailableError: each try waits for the agent itself."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call()
-        except UnavailableError:
-            if time.monotonic() > deadline:
-                raise
 
 
 CLIENT_SCRIPT = textwrap.dedent('''
@@ -439,7 +439,9 @@ def test_a_new_client_takes_over_every_exec_of_a_killed_one_by_id(ipc_agent, cli
                                      spec=sh("echo created; exit 44").to_oci())
     other.close()
     try:
+        late = _pid_of(client, "handover", "late")
         os.write(holder, b"\n" * 5)  # the streamers and "late" go on, with nobody attached
+        wait_exited([late])
         poll_agent(lambda: exec_state(client, "handover", "late") == "exited", 30, "the late exit")
         listed = {status.exec_id: status for status in client.list_execs() if status.id == "handover"}
         assert len(listed) == 10

@@ -28,7 +28,7 @@ from tests.reliability.fuzzing import (
     request_like,
     values,
 )
-from tests.reliability.helpers import assert_clean, footprint, poll_agent, warm_up
+from tests.reliability.helpers import assert_clean, footprint, warm_up
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -278,8 +278,7 @@ def test_replayed_request_ids_are_answered_again_never_redone(ipc_agent, raw, cl
     start = {"id": raw.next_id, "op": "start", "task": "replay", "exec": "once"}
     first = _ask(raw, start)
     assert "result" in first
-    poll_agent(lambda: raw.request("status", task="replay", exec="once")["result"]["state"] == "exited", 30,
-               "the exit")
+    raw.wait_event("exited")  # the session's only exec: the agent has recorded its exit
     assert _ask(raw, start) == first  # answered again from the cache...
     assert counter.read_text() == "run\n"  # ...and not run twice
     raw.next_id += 1

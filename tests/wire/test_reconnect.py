@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from common import ExecExited, ExecStarted, ProcessSpec, Stdio
-from common.errors import UnavailableError
+from common.errors import DeadlineExceededError, UnavailableError
 from host_proxy import AgentClient
 from tests.conformance.helpers import EventLog
 from tests.support.agent import AgentProcess
@@ -181,6 +181,39 @@ def test_a_restarted_agent_ends_the_old_execs_at_once(workdir, tmp_path):
             fresh = client.create_exec("restart", "fresh", ProcessSpec(args=["sh", "-c", "exit 3"]))
             fresh.start()
             assert fresh.wait(timeout=30).exit_status == 3
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+
+def test_wait_ready_waits_for_the_agent_to_come_back(workdir):
+    """wait_ready returns at once while the agent answers, raises DeadlineExceededError while it is
+    gone, returns once a new agent answers on the endpoint, and raises UnavailableError once the
+    client is closed."""
+    endpoint = f"ipc://{workdir}/ready.sock"
+    first = AgentProcess([endpoint]).start()
+    second = None
+    try:
+        client = AgentClient.connect(endpoint, timeout=10, reconnect_timeout=1)
+        with client:
+            client.wait_ready(0)
+            old_boot = client.boot_id
+            made = client.create_exec("ready", "sleep", ProcessSpec(args=["sleep", "1000"]))
+            made.start()
+            pid = made.pid
+            first.kill()
+            os.killpg(pid, signal.SIGKILL)
+            assert made.wait(timeout=30).exit_status == 255  # the reconnect deadline passed: gone
+            with pytest.raises(DeadlineExceededError):
+                client.wait_ready(0.2)
+            second = AgentProcess([endpoint]).start()
+            client.wait_ready(30)
+            assert client.boot_id != old_boot
+            client.ping()
+        with pytest.raises(UnavailableError):
+            client.wait_ready(1)
     finally:
         first.stop()
         if second is not None:
