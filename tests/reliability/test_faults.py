@@ -455,7 +455,8 @@ def test_a_new_client_takes_over_every_exec_of_a_killed_one_by_id(ipc_agent, cli
         assert attached["created"].state is ExecState.CREATED
         assert attached["late"].wait(timeout=30).exit_status == 33
         for index in range(3):
-            assert attached[f"done-{index}"].status().exit_status == 20 + index
+            # (wait, not status: status says exited only once the replayed output is written here)
+            assert attached[f"done-{index}"].wait(timeout=30).exit_status == 20 + index
         attached["created"].start()
         expected = {f"streamer-{index}": (10 + index, _seq(300_000)) for index in range(4)}
         expected.update({f"done-{index}": (20 + index, f"done {index}\n".encode()) for index in range(3)})
