@@ -164,15 +164,23 @@ class OutStdin:
         if self._credit is not None and not self._credit.done():
             self._credit.set_result(None)
         if self._task is not None:
-            await asyncio.shield(self._task)
+            try:
+                await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                if not self._task.cancelled():
+                    raise  # it is this call that was cancelled
+                # The exec ended first and aborted the feeder: what was sent stands.
         return self.last_sent
 
     def abort(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-        else:
+        if self._task is None:
             self.source.close()
+            return
+        self._task.cancel()
+        # A task cancelled before its first step never runs its ``finally``: close the source here
+        # too (closing twice is harmless).
+        self._task.add_done_callback(lambda _: self.source.close())
 
 
 class RemoteExec:

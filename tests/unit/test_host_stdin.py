@@ -24,6 +24,15 @@ class OddSizedSource(InputSource):
         pass
 
 
+class ClosingSource(OddSizedSource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
 class RecordingConnection:
     window = 1024 * 1024
 
@@ -59,5 +68,21 @@ def test_stdin_never_sends_more_than_the_credit_left():
         unacked = sum(size for _, size in conn.sent[1:])
         assert unacked <= conn.window
         feeder.abort()
+
+    asyncio.run(scenario())
+
+
+def test_stop_after_the_exit_aborted_the_feeder_returns_what_was_sent():
+    """close_io racing the exec's exit: the exit aborts the feeder (possibly before its task ever
+    ran), and a stop() that comes after must still answer, not raise CancelledError."""
+    async def scenario() -> None:
+        conn = RecordingConnection()
+        source = ClosingSource()
+        feeder = OutStdin(Owner(conn), source, conn.window)  # type: ignore[arg-type]
+        feeder.start()
+        feeder.abort()  # the exit, before the feeder's task had a turn
+        assert await asyncio.wait_for(feeder.stop(), 10) == -1
+        assert conn.sent == []
+        assert source.closed >= 1, "the source is released although the feeder never ran"
 
     asyncio.run(scenario())
