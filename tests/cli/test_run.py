@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from .helpers import ROOT, UVMEXEC, cli_env, gone, read_until, reap, run_cli
+from .helpers import ROOT, UVMEXEC, cli_env, discard, gone, read_until, reap, run_cli
 
 
 @pytest.mark.timeout(60)
@@ -44,10 +44,7 @@ def test_output_streams_while_the_command_runs(tmp_path):
         assert reap(process) == 0
         assert process.stdout.read() == b"second go\n"
     finally:
-        process.stdout.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        discard(process)
 
 
 @pytest.mark.timeout(60)
@@ -113,11 +110,7 @@ def test_ctrl_c_is_forwarded_to_the_command(tmp_path):
         assert gone(remote_pid)
         assert process.stderr.read() == b""
     finally:
-        process.stdout.close()
-        process.stderr.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        discard(process)
 
 
 @pytest.mark.timeout(60)
@@ -135,10 +128,7 @@ def test_sigterm_is_forwarded_and_the_private_agent_is_cleaned_up(tmp_path, time
         assert gone(remote_pid)
         assert os.listdir(env["TMPDIR"]) == []
     finally:
-        process.stdout.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        discard(process)
 
 
 @pytest.mark.timeout(60)
@@ -154,8 +144,7 @@ def test_a_closed_stdout_gives_the_command_sigpipe(tmp_path):
 @pytest.mark.timeout(60)
 def test_the_installed_console_script_runs(tmp_path):
     script = shutil.which("uvmexec")
-    if script is None:
-        pytest.skip("uvmexec is not installed (pip install -e .)")
+    assert script is not None, "the uvmexec console script is not on PATH (.ci/setup installs it)"
     result = subprocess.run([script, "run", "--", "echo", "installed"], capture_output=True,
                             stdin=subprocess.DEVNULL, env=cli_env(tmp_path), timeout=30)
     assert (result.returncode, result.stdout, result.stderr) == (0, b"installed\n", b"")
