@@ -63,27 +63,6 @@ class EchoServer(ServerProcess):
         self.endpoint = self.ready_line.split()[2]
 
 
-class BenchAgent(AgentProcess):
-    """An :class:`AgentProcess` started through any launcher module (``guest_agent`` by default)."""
-
-    def __init__(self, listen: list[str], extra: list[str] | None = None, module: str = "guest_agent") -> None:
-        super().__init__(listen, extra)
-        self.module = module
-
-    def start(self, timeout: float = 20.0) -> BenchAgent:
-        command = [sys.executable, "-m", self.module, "--log-level", "WARNING"]
-        for endpoint in self.listen:
-            command += ["--listen", endpoint]
-        self.process = subprocess.Popen(command + self.extra, cwd=ROOT, stdout=subprocess.PIPE)
-        assert self.process.stdout is not None
-        line = read_line(self.process.stdout.fileno(), timeout)
-        if not line.startswith(b"uvm-agent ready "):
-            self.stop()
-            raise RuntimeError(f"agent did not start: {line!r}")
-        self.endpoints = line.decode().split()[2:]
-        return self
-
-
 @dataclass
 class LocalAgent:
     """A running agent and a client connected to it."""
@@ -127,7 +106,7 @@ class Services:
             extra = ["--server-key", self.keys.agent_secret, "--authorized-keys", self.keys.authorized]
         elif insecure:
             extra = ["--insecure"]
-        process = BenchAgent([listen], extra, module).start()
+        process = AgentProcess([listen], extra, module=module).start()
         self._stack.callback(process.stop)
         endpoint = process.endpoints[0]
         if curve:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.agent import Keys, private_directory
+from tests.support.agent import AgentProcess, Keys, private_directory
 from tests.support.backends import REGISTRY
 
 
@@ -26,6 +26,27 @@ def workdir() -> Iterator[str]:
 def keys(workdir: str) -> Keys:
     """A CURVE key set (agent and client) for one test."""
     return Keys.create(f"{workdir}/keys")
+
+
+@pytest.fixture
+def ipc_agent(workdir: str) -> Iterator[AgentProcess]:
+    """A real agent on an ipc socket in the test's private directory."""
+    agent = AgentProcess([f"ipc://{workdir}/agent.sock"]).start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture
+def tcp_agent(keys: Keys) -> Iterator[AgentProcess]:
+    """A real agent on loopback tcp with CURVE, admitting the ``keys`` client."""
+    agent = AgentProcess(["tcp://127.0.0.1:0"],
+                         ["--server-key", keys.agent_secret, "--authorized-keys", keys.authorized]).start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

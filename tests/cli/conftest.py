@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.agent import AgentProcess, Keys, private_directory
-
-
-@pytest.fixture
-def ipc_agent() -> Iterator[AgentProcess]:
-    """A real agent on an ipc socket in a private directory."""
-    directory = private_directory("uvmexec-cli-")
-    agent = AgentProcess([f"ipc://{directory}/agent.sock"]).start()
-    try:
-        yield agent
-    finally:
-        agent.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+from tests.support.agent import AgentProcess, Keys
 
 
 @pytest.fixture

@@ -71,6 +71,16 @@ def reap(process: subprocess.Popen, timeout: float = 20.0) -> int:
         raise AssertionError(f"{process.args!r} did not exit within {timeout}s") from None
 
 
+def discard(process: subprocess.Popen) -> None:
+    """A test's last word on a process it started: close its pipes, kill it if it still runs."""
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def gone(pid: int) -> bool:
     """The process no longer exists (or is a zombie that no longer runs)."""
     try:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.agent import Keys
 
-from .helpers import ROOT, UVMEXEC, cli_env, gone, read_until, reap, run_cli
+from .helpers import ROOT, UVMEXEC, cli_env, discard, gone, read_until, reap, run_cli
 
 
 def _one_line(result) -> str:
@@ -199,10 +199,6 @@ def test_ctrl_c_gets_you_out_when_the_agent_is_lost(tmp_path, ipc_agent):
         assert time.monotonic() - began < 20
         assert "giving up on the command" in process.stderr.read().decode().splitlines()[-1]
     finally:
-        process.stdout.close()
-        process.stderr.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        discard(process)
         if remote_pid is not None and not gone(remote_pid):
             os.kill(remote_pid, signal.SIGKILL)  # the orphan of the killed agent

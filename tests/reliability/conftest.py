@@ -11,33 +11,14 @@ from collections.abc import Iterator
 import pytest
 
 from host_proxy import AgentClient
-from tests.reliability.helpers import FreezableRelay, stop_agent, tcp_address
-from tests.support.agent import AgentProcess, Keys, free_port
-
-
-@pytest.fixture
-def ipc_agent(workdir: str) -> Iterator[AgentProcess]:
-    agent = AgentProcess([f"ipc://{workdir}/agent.sock"]).start()
-    try:
-        yield agent
-    finally:
-        stop_agent(agent)
+from tests.reliability.helpers import FreezableRelay
+from tests.support.agent import AgentProcess, tcp_address
 
 
 @pytest.fixture
 def client(ipc_agent: AgentProcess) -> Iterator[AgentClient]:
     with AgentClient.connect(ipc_agent.endpoints[0], timeout=10) as connected:
         yield connected
-
-
-@pytest.fixture
-def tcp_agent(keys: Keys) -> Iterator[AgentProcess]:
-    agent = AgentProcess([f"tcp://127.0.0.1:{free_port()}"],
-                         ["--server-key", keys.agent_secret, "--authorized-keys", keys.authorized]).start()
-    try:
-        yield agent
-    finally:
-        stop_agent(agent)
 
 
 @pytest.fixture

@@ -9,71 +9,22 @@ from __future__ import annotations
 
 import io
 import os
-import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from common import ProcessSpec, Stdio
 from common.errors import ExecError
 from host_proxy import AgentClient
-from host_proxy.cli_embedded import read_line
 from host_proxy.loop_thread import shared_loop
-from tests.support.agent import ROOT, AgentProcess, Keys
+from tests.support.agent import AgentProcess, Keys
+from tests.support.procs import children, zombies
 from tests.support.relay import TcpRelay
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state, ppid)`` of a process, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat_file:
-            fields = stat_file.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], int(fields[1])
-
-
-def all_processes() -> dict[int, tuple[str, int]]:
-    """Every process: pid -> (state, ppid)."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = proc_stat(int(entry))
-            if stat is not None:
-                table[int(entry)] = stat
-    return table
-
-
-def children(pid: int) -> dict[int, str]:
-    """The direct children of ``pid``: child pid -> state (``Z`` for a zombie)."""
-    return {child: state for child, (state, ppid) in all_processes().items() if ppid == pid}
-
-
-def zombies(pid: int) -> list[int]:
-    return sorted(child for child, state in children(pid).items() if state == "Z")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (zombies excluded)."""
-    table = all_processes()
-    found: list[int] = []
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, (state, ppid) in table.items():
-            if ppid == parent and child not in found:
-                frontier.append(child)
-                if state != "Z":
-                    found.append(child)
-    return found
 
 
 def processes_of_uid(uid: int) -> list[int]:
@@ -92,46 +43,7 @@ def processes_of_uid(uid: int) -> list[int]:
     return found
 
 
-def wait_exited(pids: Iterable[int], timeout: float = 30.0) -> None:
-    """Wait (on pidfds) until every process in ``pids`` has exited."""
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue  # exited and reaped already
-        try:
-            remaining = max(0.0, deadline - time.monotonic())
-            readable, _, _ = select.select([pidfd], [], [], remaining)
-            assert readable, f"process {pid} still runs after {timeout}s"
-        finally:
-            os.close(pidfd)
-
-
-def kill_and_wait(pids: Iterable[int], timeout: float = 30.0) -> None:
-    """SIGKILL every process in ``pids`` and wait until each has exited."""
-    pids = list(pids)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    wait_exited(pids, timeout)
-
-
 # -- agents ----------------------------------------------------------------------------------
-
-
-def stop_agent(agent: AgentProcess) -> None:
-    """Stop an agent and kill anything it left behind (a SIGKILLed agent leaves its children)."""
-    leftovers = descendants(agent.pid) if agent.process is not None else []
-    agent.stop()
-    kill_and_wait(leftovers)
-
-
-def tcp_address(agent: AgentProcess) -> tuple[str, int]:
-    host, port = agent.endpoints[0][len("tcp://"):].rsplit(":", 1)
-    return host, int(port)
 
 
 def connect_tcp(endpoint: str, keys: Keys, **options: Any) -> AgentClient:
@@ -372,23 +284,6 @@ def _peer_port(sock: socket.socket) -> int:
         return -1
 
 
-class LimitedAgent(AgentProcess):
+def limited_agent(listen: list[str], limits: dict[str, tuple[int, int]]) -> AgentProcess:
     """An agent started under given resource limits (``prlimit``), as a guest's init would start it."""
-
-    def __init__(self, listen: list[str], limits: dict[str, tuple[int, int]]) -> None:
-        super().__init__(listen)
-        self.limits = limits
-
-    def start(self, timeout: float = 20.0) -> LimitedAgent:
-        command = ["prlimit", *(f"--{name}={soft}:{hard}" for name, (soft, hard) in self.limits.items()),
-                   sys.executable, "-m", "guest_agent", "--log-level", "WARNING"]
-        for endpoint in self.listen:
-            command += ["--listen", endpoint]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
-        assert self.process.stdout is not None
-        line = read_line(self.process.stdout.fileno(), timeout)
-        if not line.startswith(b"uvm-agent ready "):
-            self.stop()
-            raise RuntimeError(f"agent did not start: {line!r}")
-        self.endpoints = line.decode().split()[2:]
-        return self
+    return AgentProcess(listen, prefix=["prlimit", *(f"--{name}={soft}:{hard}" for name, (soft, hard) in limits.items())])

@@ -37,14 +37,11 @@ from tests.reliability import test_faults, test_load
 from tests.reliability.helpers import (
     FreezableRelay,
     connect_tcp,
-    descendants,
     footprint,
-    kill_and_wait,
-    stop_agent,
-    tcp_address,
     warm_up,
 )
-from tests.support.agent import ROOT, AgentProcess, Keys, free_port, private_directory
+from tests.support.agent import ROOT, AgentProcess, Keys, free_port, private_directory, tcp_address
+from tests.support.procs import descendants, kill_and_wait
 
 
 def say(text: str) -> None:
@@ -80,7 +77,7 @@ def phase_seq(count: int) -> dict[str, Any]:
             elapsed = time.monotonic() - began
             end = footprint(client, agent.pid)
     finally:
-        stop_agent(agent)
+        agent.stop()
     return {"execs": count, "seconds": round(elapsed, 1), "ms_per_exec": round(elapsed / count * 1000, 2),
             "lost": lost, "zombies_at_end": len(end.zombies), "children_at_end": end.children, "samples": samples}
 
@@ -107,7 +104,7 @@ def phase_conc(rounds: int) -> dict[str, Any]:
                                   "threads": now.threads, "rss_kib": now.rss_kib, "zombies": len(now.zombies)})
                 say(f"conc: round {round_no} ({test_load.CONCURRENT} at once) in {time.monotonic() - began:.1f}s; {now}")
     finally:
-        stop_agent(agent)
+        agent.stop()
     return {"rounds": rounds, "concurrent": test_load.CONCURRENT, "cold": {"fds": cold.fds, "threads": cold.threads,
             "rss_kib": cold.rss_kib}, "rounds_with_loss": lost, "per_round": per_round}
 
@@ -153,7 +150,7 @@ def phase_cuts(minutes: float) -> dict[str, Any]:
         finally:
             aborted = agent.process is not None and agent.process.poll() == -signal.SIGABRT
             relay.close()
-            stop_agent(agent)
+            agent.stop()
         totals["execs"] += len(jobs)
         broken = [job for job in jobs if job.problems]
         if aborted:
@@ -218,7 +215,7 @@ def phase_kill(cycles: int) -> dict[str, Any]:
                 released.append(round(time.monotonic() - killed, 2))
                 wrong += sum(1 for status in results if status != 255) + (len(waiters) - len(results))
         finally:
-            stop_agent(agent)
+            agent.stop()
             kill_and_wait(leftovers)
     say(f"kill: {cycles} cycles, waiters released after {min(released)}-{max(released)}s, {wrong} wrong or hung")
     return {"cycles": cycles, "waiters_per_cycle": 60, "deadline_s": 2.0, "released_after_s_min": min(released),

@@ -36,24 +36,18 @@ from tests.reliability.helpers import (
     FreezableRelay,
     assert_clean,
     connect_tcp,
-    descendants,
     drain_events,
     exec_state,
     footprint,
-    kill_and_wait,
     poll_agent,
-    proc_stat,
     processes_of_uid,
     settle,
-    stop_agent,
-    tcp_address,
     wait_agent_read_all,
-    wait_exited,
     warm_up,
-    zombies,
 )
-from tests.support.agent import ROOT, AgentProcess, Keys, free_port
+from tests.support.agent import ROOT, AgentProcess, Keys, free_port, tcp_address
 from tests.support.io import FifoReader
+from tests.support.procs import descendants, kill_and_wait, proc_stat, wait_exited, zombies
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -239,7 +233,7 @@ def plain_agent() -> Iterator[AgentProcess]:
     try:
         yield agent
     finally:
-        stop_agent(agent)
+        agent.stop()
 
 
 @pytest.mark.timeout(60)
@@ -335,10 +329,10 @@ def test_a_sigkilled_agent_releases_every_waiter_of_every_exec(workdir):
             assert fresh.wait(timeout=30).exit_status == 3
             assert client.boot_id != old_boot
     finally:
-        stop_agent(agent)
+        agent.stop()
         kill_and_wait(leftovers)
         if second is not None:
-            stop_agent(second)
+            second.stop()
 
 
 def _pid_of(client: AgentClient, task_id: str, exec_id: str) -> int:
@@ -708,7 +702,7 @@ def test_stopping_the_agent_leaves_no_process_behind(workdir, tmp_path):
         assert still == [], f"left running after the agent stopped: {still}"
     finally:
         ready.close()
-        stop_agent(agent)
+        agent.stop()
         kill_and_wait(leftovers)
 
 

@@ -20,15 +20,14 @@ from common.state import ExecEvent
 from host_proxy import AgentClient
 from tests.reliability.helpers import (
     Footprint,
-    LimitedAgent,
     assert_clean,
-    children,
     drain_events,
     footprint,
-    stop_agent,
+    limited_agent,
     warm_up,
 )
 from tests.support.agent import AgentProcess
+from tests.support.procs import children
 
 SEQUENTIAL = 10_000
 CONCURRENT = 1_000
@@ -146,11 +145,11 @@ def test_a_thousand_concurrent_execs_under_the_guest_default_fd_limit(workdir, t
     in the agent (two pipes and a pidfd), so the 1,000 concurrent execs above failed to start after
     about 330 with "Too many open files" (BUG-7). The agent raises its soft limit to the hard one
     at start."""
-    agent = LimitedAgent([f"ipc://{workdir}/limited.sock"], {"nofile": (1024, 4096)}).start()
+    agent = limited_agent([f"ipc://{workdir}/limited.sock"], {"nofile": (1024, 4096)}).start()
     gate = str(tmp_path / "gate")
     os.mkfifo(gate)
     try:
         with AgentClient.connect(agent.endpoints[0], timeout=10) as client:
             run_concurrent_round(client, agent, gate, 0)
     finally:
-        stop_agent(agent)
+        agent.stop()

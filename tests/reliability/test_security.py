@@ -26,15 +26,13 @@ from host_proxy import AgentClient
 from tests.reliability.fuzzing import RawSession
 from tests.reliability.helpers import (
     assert_clean,
-    children,
     connect_tcp,
     footprint,
     poll_agent,
-    stop_agent,
-    tcp_address,
     warm_up,
 )
-from tests.support.agent import AgentProcess, Keys, free_port
+from tests.support.agent import AgentProcess, Keys, free_port, tcp_address
+from tests.support.procs import children
 from tests.support.sshd import SshServer, generate_key
 
 pytestmark = pytest.mark.timeout(180)
@@ -215,7 +213,7 @@ def agent_behind_ssh(keys: Keys) -> Iterator[tuple[AgentProcess, SshServer]]:
         with SshServer() as sshd:
             yield agent, sshd
     finally:
-        stop_agent(agent)
+        agent.stop()
 
 
 def test_an_ssh_endpoint_with_an_unknown_or_changed_host_key_is_refused(agent_behind_ssh, keys, tmp_path):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import zmq.auth
 
 from host_proxy.cli_embedded import read_line
+from tests.support.procs import descendants, kill_and_wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -41,16 +42,23 @@ class Keys:
 
 
 class AgentProcess:
-    """``python -m guest_agent`` with the given arguments, run as a child of the test."""
+    """``python -m guest_agent`` with the given arguments, run as a child of the test.
 
-    def __init__(self, listen: list[str], extra: list[str] | None = None) -> None:
+    ``module`` names another launcher module; ``prefix`` runs the agent through a command such
+    as ``prlimit`` (as a guest's init would start it, with the limits that init hands down).
+    """
+
+    def __init__(self, listen: list[str], extra: list[str] | None = None, *, module: str = "guest_agent",
+                 prefix: list[str] | None = None) -> None:
         self.listen = listen
         self.extra = extra or []
+        self.module = module
+        self.prefix = prefix or []
         self.process: subprocess.Popen[bytes] | None = None
         self.endpoints: list[str] = []
 
     def start(self, timeout: float = 20.0) -> AgentProcess:
-        command = [sys.executable, "-m", "guest_agent", "--log-level", "WARNING"]
+        command = [*self.prefix, sys.executable, "-m", self.module, "--log-level", "WARNING"]
         for endpoint in self.listen:
             command += ["--listen", endpoint]
         self.process = subprocess.Popen(command + self.extra, cwd=ROOT, stdout=subprocess.PIPE)
@@ -74,8 +82,11 @@ class AgentProcess:
         self._reap()
 
     def stop(self) -> None:
+        """SIGTERM (SIGKILL if it does not end), then kill whatever it left behind: the agent kills
+        its processes on the way out, but one SIGKILLed earlier leaves its children running."""
         if self.process is None:
             return
+        leftovers = descendants(self.process.pid)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -83,6 +94,7 @@ class AgentProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self._reap()
+        kill_and_wait(leftovers)
 
     def _reap(self) -> None:
         if self.process is not None:
@@ -90,6 +102,12 @@ class AgentProcess:
             if self.process.stdout is not None:
                 self.process.stdout.close()
             self.process = None
+
+
+def tcp_address(agent: AgentProcess) -> tuple[str, int]:
+    """Host and port of an agent's first (tcp) endpoint."""
+    host, port = agent.endpoints[0][len("tcp://"):].rsplit(":", 1)
+    return host, int(port)
 
 
 def free_port() -> int:

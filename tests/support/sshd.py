@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -33,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.support.agent import free_port
+from tests.support.procs import descendants, kill_and_wait
 
 SSHD = "/usr/sbin/sshd"  # sshd re-executes itself, so it insists on an absolute path
 SSH_KEYGEN = "ssh-keygen"
@@ -62,52 +61,6 @@ def fingerprint(public_key_path: Path) -> str:
         timeout=30,
     ).stdout
     return out.split()[1]
-
-
-def _descendants(root_pid: int) -> list[int]:
-    """Every live descendant of ``root_pid``, deepest first (so parents outlive their children)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path("/proc", entry, "stat").read_text()
-        except OSError:  # exited while we looked
-            continue
-        # Field 4 is the ppid; the command name (field 2) may hold spaces, so split after its ")".
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    order: list[int] = []
-
-    def visit(pid: int) -> None:
-        for child in children.get(pid, []):
-            visit(child)
-            order.append(child)
-
-    visit(root_pid)
-    return order
-
-
-def _kill_and_wait(pids: list[int], deadline: float) -> None:
-    """SIGKILL ``pids`` (not our children) and wait until each has exited, through pidfds."""
-    pidfds = []
-    try:
-        for pid in pids:
-            try:
-                pidfd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                continue
-            pidfds.append(pidfd)
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        for pidfd in pidfds:
-            # A pidfd turns readable when its process exits; its parent (sshd, or init) reaps it.
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
-                raise TimeoutError(f"sshd session process (pidfd {pidfd}) did not exit after SIGKILL")
-    finally:
-        for pidfd in pidfds:
-            os.close(pidfd)
 
 
 class SshServer:
@@ -271,7 +224,7 @@ class SshServer:
         deadline = time.monotonic() + STOP_TIMEOUT
         # Session processes run in their own sessions, so a process-group kill
         # would miss them; kill them first, while sshd still lives to reap them.
-        _kill_and_wait(_descendants(process.pid), deadline)
+        kill_and_wait(descendants(process.pid), max(0.0, deadline - time.monotonic()))
         process.kill()
         process.wait(max(0.0, deadline - time.monotonic()))
         pump.join(max(0.0, deadline - time.monotonic()))

@@ -8,6 +8,7 @@ import threading
 
 from common import ProcessSpec, Stdio
 from host_proxy import LocalExec
+from tests.support.procs import zombies
 
 
 def _open_fds() -> dict[int, str]:
@@ -22,22 +23,6 @@ def _open_fds() -> dict[int, str]:
         if not target.startswith("socket:"):
             fds[int(name)] = target
     return fds
-
-
-def _zombie_children() -> list[int]:
-    me = str(os.getpid())
-    zombies = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat_file:
-                fields = stat_file.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me and fields[0] == "Z":
-            zombies.append(int(entry))
-    return zombies
 
 
 def test_many_execs_leave_no_zombies_and_no_fds(tmp_path):
@@ -57,7 +42,7 @@ def test_many_execs_leave_no_zombies_and_no_fds(tmp_path):
     except Exception:
         pass
     failed.delete()
-    assert _zombie_children() == []
+    assert zombies(os.getpid()) == []
     after = _open_fds()
     assert {fd: target for fd, target in after.items() if before.get(fd) != target} == {}
 
