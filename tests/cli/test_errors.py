@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.support.agent import Keys
+from tests.support.sshd import SshServer
 
 from .helpers import ROOT, UVMEXEC, cli_env, discard, gone, read_until, reap, run_cli
 
@@ -158,8 +159,7 @@ def test_an_internal_error_is_one_line_unless_debugging(monkeypatch, capsys, tmp
 
 @pytest.fixture
 def sshd():
-    sshd_support = pytest.importorskip("tests.support.sshd")
-    with sshd_support.SshServer() as server:
+    with SshServer() as server:
         yield server
 
 
