@@ -1,11 +1,17 @@
 """Starting one process from a :class:`~common.spec.ProcessSpec`.
 
 The common case (no tty, no rlimits, no no_new_privileges, identity already
-right) goes through ``subprocess.Popen`` with only native options, which lets
-CPython use ``vfork``: the cheapest way to start a process from Python. The
-rest needs code between fork and exec (TIOCSCTTY, setrlimit before dropping
-privileges, PR_SET_NO_NEW_PRIVS), run as a ``preexec_fn`` that reports its own
-failure through a pipe so the caller learns the real cause.
+right, no inherited signal state to undo) goes through ``subprocess.Popen``
+with only native options, which lets CPython use ``vfork``: the cheapest way
+to start a process from Python. The rest needs code between fork and exec
+(TIOCSCTTY, setrlimit before dropping privileges, PR_SET_NO_NEW_PRIVS,
+resetting signals), run as a ``preexec_fn`` that reports its own failure
+through a pipe so the caller learns the real cause.
+
+Every process starts with default signal dispositions and an empty signal
+mask, as runc and containerd start theirs, whatever the process that spawns
+it inherited: an agent started as a background job of a shell ignores
+SIGINT and SIGQUIT, and ignored signals and the mask survive ``execve``.
 
 Nothing here waits for a child: the :class:`~common.supervisor.reaper.Reaper`
 owns every wait.
@@ -17,6 +23,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import signal
 import stat
 import struct
 import subprocess
@@ -47,6 +54,10 @@ _RLIMIT_NUMBERS = {
     "RLIMIT_RTTIME": 15,
 }
 _PR_SET_NO_NEW_PRIVS = 38
+_SIG_DFL = 0
+_NSIG = 65
+#: Signals Popen itself resets in the child (restore_signals): Python ignores them at start-up.
+_RESET_BY_POPEN = (1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGXFSZ - 1))
 _F_SETPIPE_SZ = 1031
 #: Bigger pipes mean fewer wake-ups per byte streamed; the kernel allocates on demand.
 PIPE_SIZE = 1024 * 1024
@@ -54,6 +65,22 @@ PIPE_SIZE = 1024 * 1024
 _libc = ctypes.CDLL(None, use_errno=True)
 _prctl = _libc.prctl
 _setrlimit = _libc.setrlimit
+_signal = _libc.signal
+_signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+_signal.restype = ctypes.c_void_p
+
+
+def inherited_signal_state() -> tuple[int, int]:
+    """This thread's (blocked, ignored) signal sets, less what Popen resets by itself.
+
+    Read from ``/proc/thread-self/status``: the only place that also shows what
+    C code, or the process that started ours, set up.
+    """
+    with open("/proc/thread-self/status", "rb") as status:
+        text = status.read()
+    blocked = int(text[text.index(b"SigBlk:") + 7:text.index(b"\n", text.index(b"SigBlk:"))], 16)
+    ignored = int(text[text.index(b"SigIgn:") + 7:text.index(b"\n", text.index(b"SigIgn:"))], 16)
+    return blocked, ignored & ~_RESET_BY_POPEN
 
 
 class _RlimitStruct(ctypes.Structure):
@@ -143,7 +170,9 @@ class _ChildSetup:
     went wrong, then raised so Popen aborts the exec.
     """
 
-    def __init__(self, spec: ProcessSpec, *, set_ctty: bool, change_identity: bool, report_fd: int) -> None:
+    def __init__(self, spec: ProcessSpec, *, set_ctty: bool, change_identity: bool, reset_signals: bool,
+                 report_fd: int) -> None:
+        self.reset_signals = reset_signals
         self.rlimits = [
             (_RLIMIT_NUMBERS[limit.type], limit.soft, limit.hard, limit.type) for limit in spec.rlimits
         ]
@@ -158,6 +187,13 @@ class _ChildSetup:
     def __call__(self) -> None:
         step = "setting up the process"
         try:
+            if self.reset_signals:
+                step = "resetting signal dispositions and the signal mask"
+                # Python's signal.signal works only in the main thread: this is the forking
+                # thread's child, so ask libc. 32 and 33 belong to glibc and are refused: fine.
+                for number in range(1, _NSIG):
+                    _signal(number, _SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
             if self.set_ctty:
                 step = "making the pty the controlling terminal"
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -230,13 +266,16 @@ def spawn(spec: ProcessSpec, *, feed_stdin: bool, capture_stdout: bool, capture_
                 _set_nonblocking(stderr_fd)
 
         change_identity = _identity_change_needed(spec)
-        needs_setup = bool(spec.terminal or spec.rlimits or spec.no_new_privileges or change_identity)
+        reset_signals = inherited_signal_state() != (0, 0)
+        needs_setup = bool(spec.terminal or spec.rlimits or spec.no_new_privileges or change_identity
+                           or reset_signals)
         # The native path (vfork) enters cwd itself; the set-up path does it as the target user.
         options: dict[str, Any] = {"cwd": spec.cwd}
         if needs_setup:
             report_read, report_write = os.pipe2(os.O_CLOEXEC)
             options["preexec_fn"] = _ChildSetup(
-                spec, set_ctty=spec.terminal, change_identity=change_identity, report_fd=report_write
+                spec, set_ctty=spec.terminal, change_identity=change_identity, reset_signals=reset_signals,
+                report_fd=report_write
             )
             options["cwd"] = None
         if spec.terminal:

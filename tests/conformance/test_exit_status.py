@@ -51,3 +51,14 @@ def test_a_process_that_shrugs_off_sigterm_still_dies_by_sigkill(backend, tmp_pa
     assert made.state is ExecState.RUNNING
     made.kill(signal.SIGKILL, all=True)
     assert made.wait(timeout=20).exit_status == 137
+
+
+def test_a_process_starts_with_default_signal_dispositions_and_an_empty_mask(backend, tmp_path):
+    """Whatever the spawning side inherited (the guest's init starts the agent as a background
+    job, which ignores SIGINT and SIGQUIT), the process starts clean, as under runc."""
+    out = tmp_path / "out"
+    made = backend.create(sh("grep -E '^Sig(Ign|Blk):' /proc/self/status; kill -QUIT $$; echo survived"),
+                          Stdio(stdout=str(out)))
+    made.start()
+    assert made.wait(timeout=20).exit_status == 128 + signal.SIGQUIT
+    assert out.read_text().split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 
 from common import ProcessSpec, Stdio
-from host_proxy import LocalExec
+from host_proxy import AgentClient, LocalExec
+from tests.support.agent import ROOT, AgentProcess
 from tests.support.procs import zombies
 
 
@@ -77,3 +80,50 @@ def test_wait_from_many_threads_while_exits_race(tmp_path):
     assert results == [0] * 20
     for exec_ in made:
         exec_.delete()
+
+
+_SIGNAL_PROBE = "grep -E '^Sig(Ign|Blk):' /proc/self/status; kill -QUIT $$; echo survived"
+
+
+def _assert_clean_signals(out_path: str, exit_status: int) -> None:
+    with open(out_path) as out:
+        probed = out.read()
+    assert exit_status == 128 + 3, probed
+    assert probed.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16]
+
+
+def test_a_host_that_ignores_and_blocks_signals_starts_processes_clean(tmp_path):
+    """A shim that ignores SIGQUIT and SIGINT and blocks SIGUSR1 (say, run under nohup by a job
+    shell) still starts every process with default dispositions and an empty mask."""
+    out = tmp_path / "out"
+    script = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGQUIT, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])\n"
+        "from common import ProcessSpec, Stdio\n"
+        "from host_proxy import LocalExec\n"
+        f"made = LocalExec('t', 'e', ProcessSpec(args=['sh', '-c', {_SIGNAL_PROBE!r}]), Stdio(stdout=sys.argv[1]))\n"
+        "made.start()\n"
+        "print(made.wait(timeout=20).exit_status)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, timeout=60,
+                          cwd=ROOT, check=True)
+    _assert_clean_signals(str(out), int(done.stdout))
+
+
+def test_an_agent_that_inherited_ignored_and_blocked_signals_starts_processes_clean(tmp_path):
+    """As the guest's init once started it: SIGQUIT and SIGINT ignored, SIGUSR1 blocked."""
+    agent = AgentProcess([f"ipc://{tmp_path}/agent/sock"],
+                         prefix=["env", "--ignore-signal=QUIT", "--ignore-signal=INT", "--block-signal=USR1"])
+    os.makedirs(tmp_path / "agent", mode=0o700)
+    agent.start()
+    try:
+        with AgentClient.connect(agent.endpoints[0]) as client:
+            out = tmp_path / "out"
+            made = client.create_exec("t", "e", ProcessSpec(args=["sh", "-c", _SIGNAL_PROBE]), Stdio(stdout=str(out)))
+            made.start()
+            _assert_clean_signals(str(out), made.wait(timeout=20).exit_status)
+            made.delete()
+    finally:
+        agent.stop()
