@@ -2,8 +2,14 @@
 
 Every backend (``LocalExec`` on the host, ``ProxiedExec`` through the agent)
 implements :class:`Exec` and passes the same conformance suite. The rules
-below are MUST rules; where hcsshim's and containerd's implementations
-disagree, these docstrings (the seed's interface text) win.
+below are MUST rules, taken from the interface comments of hcsshim's
+``shimExec`` (``cmd/containerd-shim-runhcs-v1/exec.go``); where hcsshim's and
+containerd's implementations disagree with each other, the interface text
+wins: ``kill`` on a CREATED exec is ``FailedPreconditionError`` (as in
+containerd; hcsshim's implementation exits it with 1), and ``force_exit`` on a
+RUNNING exec records the status given (hcsshim's implementation records the
+real code). :mod:`common.rules` enforces the per-state rules for every
+backend; CONTRACT.md in the project root says them for users.
 
 All methods are synchronous and thread-safe. ``on_event`` callbacks given at
 creation run on a background thread; they may call :meth:`Exec.status` but
@@ -57,7 +63,7 @@ class Exec(abc.ABC):
         """
 
     @abc.abstractmethod
-    def kill(self, signal: int, all: bool = False) -> None:  # noqa: A002 - the seed's name
+    def kill(self, signal: int, all: bool = False) -> None:  # noqa: A002 - shimExec's name
         """Deliver ``signal`` to the process (``all=True``: to its whole process group).
 
         CREATED: ``FailedPreconditionError`` (invalid state … for kill).

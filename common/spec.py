@@ -78,10 +78,18 @@ def check_text(value: object, field_name: str, *, max_bytes: int, allow_empty: b
     if value.isascii():  # the common case, and O(1): one byte per character
         size = len(value)
     else:
+        # One rule for every string (args, env, cwd, ids, paths), on every backend: valid
+        # Unicode only. The OCI spec and containerd carry these as UTF-8 JSON strings, so a
+        # surrogate escape (undecodable bytes smuggled in by os.fsdecode) has no faithful form
+        # on the wire; it is refused here, when the spec is built, rather than half-carried.
         try:
-            size = len(value.encode("utf-8", "surrogateescape"))
-        except UnicodeEncodeError:
-            raise _fail(field_name, "is not encodable as UTF-8") from None
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError as error:
+            raise _fail(
+                field_name,
+                f"is not valid UTF-8 text ({describe(value[error.start])} at index {error.start}: "
+                "a surrogate escape of undecodable bytes)",
+            ) from None
     if size > max_bytes:
         raise _fail(field_name, f"is {size} bytes, more than the limit of {max_bytes}")
     return value

@@ -19,7 +19,7 @@ class ExecState(enum.StrEnum):
     EXITED = "exited"
 
 
-#: The only transitions an exec may make; anything else is the seed's invalid-state error.
+#: The only transitions an exec may make; anything else is hcsshim's invalid-state error.
 ALLOWED_TRANSITIONS: dict[ExecState, frozenset[ExecState]] = {
     ExecState.CREATED: frozenset({ExecState.RUNNING, ExecState.EXITED}),
     ExecState.RUNNING: frozenset({ExecState.EXITED}),

@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from common import rules
 from common.contract import Exec
-from common.errors import DeadlineExceededError, already_exists_error, not_found_error
+from common.errors import already_exists_error, not_found_error
 from common.spec import ProcessSpec, Stdio
 from common.state import ExecEvent, ExecState, ExecStatus
 from common.supervisor import DEFAULT_DRAIN_TIMEOUT, ExecCore
@@ -40,7 +41,7 @@ class LocalExec(Exec):
         on_event: Callable[[ExecEvent], None] | None = None,
         loop_thread: LoopThread | None = None,
     ) -> None:
-        stdio = check_creation(task_id, exec_id, spec, stdio)
+        stdio, drain_timeout = check_creation(task_id, exec_id, spec, stdio, drain_timeout)
         self._task_id = task_id
         self._exec_id = exec_id
         self._key = (task_id, exec_id)
@@ -75,7 +76,11 @@ class LocalExec(Exec):
                 drain_timeout=drain_timeout,
                 emit=emit,
             )
-            core.add_exit_listener(lambda _status: self._exited.set())
+            if on_event is None:
+                core.add_exit_listener(lambda _status: self._exited.set())
+            else:
+                # Through the dispatch queue, behind the ExecExited callback queued just before.
+                core.add_exit_listener(lambda _status: self._loop.dispatch(lambda _: self._exited.set(), None))
             return core
 
         try:
@@ -116,7 +121,7 @@ class LocalExec(Exec):
     def start(self) -> None:
         self._loop.call(self._core.start)
 
-    def kill(self, signal: int, all: bool = False) -> None:  # noqa: A002 - the seed's name
+    def kill(self, signal: int, all: bool = False) -> None:  # noqa: A002 - shimExec's name
         self._loop.call(self._core.kill, signal, all)
 
     def resize_pty(self, width: int, height: int) -> None:
@@ -130,10 +135,8 @@ class LocalExec(Exec):
 
     def wait(self, timeout: float | None = None) -> ExecStatus:
         self._snapshot()
-        if not self._exited.wait(timeout):
-            raise DeadlineExceededError(
-                f"exec: '{self._exec_id}' in task: '{self._task_id}' did not exit within {timeout}s"
-            )
+        if not self._exited.wait(rules.check_wait_timeout(timeout)):
+            raise rules.wait_timeout_error(self._task_id, self._exec_id, timeout)
         return self._core.snapshot
 
     def force_exit(self, status: int) -> None:

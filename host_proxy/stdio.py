@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from common.errors import InvalidArgumentError
+from common.rules import check_drain_timeout
 from common.spec import MAX_ID_BYTES, Stdio, check_text
 from common.supervisor import FileObjectSink, FileObjectSource, InputSource, OutputSink, PathSink, PathSource
 
@@ -30,8 +31,13 @@ def check_exec_ids(task_id: object, exec_id: object) -> None:
     check_text(exec_id, "exec id", max_bytes=MAX_ID_BYTES, allow_empty=False)
 
 
-def check_creation(task_id: object, exec_id: object, spec: object, stdio: object) -> Stdio:
-    """The creation rules every backend applies before anything is opened or sent."""
+def check_creation(
+    task_id: object, exec_id: object, spec: object, stdio: object, drain_timeout: object
+) -> tuple[Stdio, float]:
+    """The creation rules every backend applies before anything is opened or sent.
+
+    Returns the stdio (``Stdio()`` for None) and the drain timeout as a float.
+    """
     from common.spec import ProcessSpec
 
     check_exec_ids(task_id, exec_id)
@@ -45,7 +51,7 @@ def check_creation(task_id: object, exec_id: object, spec: object, stdio: object
         raise InvalidArgumentError(
             f"exec: '{exec_id}' in task: '{task_id}': a terminal exec cannot have a stderr target"
         )
-    return stdio
+    return stdio, check_drain_timeout(drain_timeout)
 
 
 def open_stdio(stdio: Stdio) -> StdioEnds:

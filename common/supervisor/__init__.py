@@ -1,6 +1,7 @@
 """The one process supervisor: spawn, reap, pump stdio, and the exec state machine."""
 
-from .execcore import DEFAULT_DRAIN_TIMEOUT, ExecCore, Supervisor
+from ..rules import DEFAULT_DRAIN_TIMEOUT
+from .execcore import ExecCore, Supervisor
 from .streams import (
     FileObjectSink,
     FileObjectSource,

@@ -20,15 +20,10 @@ import struct
 import termios
 from collections.abc import Callable
 
-from ..errors import (
-    InvalidArgumentError,
-    UnavailableError,
-    describe,
-    invalid_state_error,
-    not_a_tty_error,
-    not_found_error,
-)
-from ..spec import MAX_TERMINAL_DIM, ProcessSpec
+from .. import rules
+from ..errors import InvalidArgumentError, UnavailableError, invalid_state_error
+from ..rules import DEFAULT_DRAIN_TIMEOUT
+from ..spec import ProcessSpec
 from ..state import (
     ALLOWED_TRANSITIONS,
     RUNNING_EXIT_STATUS,
@@ -44,29 +39,6 @@ from .spawn import Spawned, SpawnError, spawn
 from .streams import DrainSignal, InputSource, NullSink, OutputSink, pump_input, pump_output
 
 log = logging.getLogger(__name__)
-
-MAX_SIGNAL = 64  # SIGRTMAX on Linux
-DEFAULT_DRAIN_TIMEOUT = 2.0
-
-
-def check_signal(signum: object) -> int:
-    if not isinstance(signum, int) or isinstance(signum, bool) or not 1 <= signum <= MAX_SIGNAL:
-        raise InvalidArgumentError(f"invalid signal {describe(signum)}: must be an integer in [1, {MAX_SIGNAL}]")
-    return signum
-
-
-def check_exit_status(status: object) -> int:
-    if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 255:
-        raise InvalidArgumentError(f"invalid exit status {describe(status)}: must be an integer in [0, 255]")
-    return status
-
-
-def check_terminal_size(width: object, height: object) -> tuple[int, int]:
-    for name, value in (("width", width), ("height", height)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TERMINAL_DIM:
-            raise InvalidArgumentError(f"invalid terminal {name} {describe(value)}: must be an integer in [0, {MAX_TERMINAL_DIM}]")
-    return width, height  # type: ignore[return-value]
-
 
 class Supervisor:
     """The process supervisor of one event loop: its reaper and the execs it runs."""
@@ -127,7 +99,6 @@ class ExecCore:
         self._drain = DrainSignal()
         self._pumps: list[asyncio.Task[bool]] = []
         self._exit_listeners: list[Callable[[ExecStatus], None]] = []
-        self._exited: asyncio.Future[ExecStatus] = self.loop.create_future()
         self.deleted = False
         #: True once force_exit ended a running process (its output was not drained).
         self.forced = False
@@ -161,24 +132,25 @@ class ExecCore:
         self.snapshot = self._make_snapshot()
 
     def _check_live(self) -> None:
-        if self.deleted:
-            raise not_found_error(self.task_id, self.exec_id)
+        rules.check_live(self.task_id, self.exec_id, self.deleted)
 
     def _finish(self, exit_status: int, exited_at: datetime.datetime, *, op: str) -> None:
-        """Become EXITED with this status, release every waiter, publish the exit if started."""
+        """Become EXITED with this status, publish the exit if started, then release every waiter.
+
+        The exit is published before the waiters hear of it, as hcsshim publishes TaskExit
+        before Wait returns: a shim never answers a Wait with an exit its events have not told.
+        """
         was_started = self._state is ExecState.RUNNING
         self._exit_status = exit_status
         self._exited_at = exited_at
         self._transition(ExecState.EXITED, op)
         self.supervisor.running.discard(self)
         final = self.snapshot
-        if not self._exited.done():
-            self._exited.set_result(final)
+        if was_started and self._emit is not None:
+            self._emit(ExecExited(self.exec_id, self._pid, exit_status, exited_at))
         listeners, self._exit_listeners = self._exit_listeners, []
         for listener in listeners:
             listener(final)
-        if was_started and self._emit is not None:
-            self._emit(ExecExited(self.exec_id, self._pid, exit_status, exited_at))
 
     def add_exit_listener(self, listener: Callable[[ExecStatus], None]) -> None:
         """Call ``listener(final_status)`` on the loop thread at exit (at once if already exited)."""
@@ -195,8 +167,7 @@ class ExecCore:
 
     def start(self) -> None:
         self._check_live()
-        if self._state is not ExecState.CREATED:
-            raise invalid_state_error(self.task_id, self.exec_id, self._state, "start")
+        rules.check_start(self.task_id, self.exec_id, self._state)
         terminal = self.spec.terminal
         try:
             spawned = spawn(
@@ -283,13 +254,9 @@ class ExecCore:
         if self._state is ExecState.RUNNING:
             self._finish(exit_status, exited_at, op="exit")
 
-    def kill(self, signum: int, all: bool = False) -> None:  # noqa: A002 - the seed's name
+    def kill(self, signum: int, all: bool = False) -> None:  # noqa: A002 - shimExec's name
         self._check_live()
-        if self._state is ExecState.CREATED:
-            raise invalid_state_error(self.task_id, self.exec_id, self._state, "kill")
-        if self._state is ExecState.EXITED:
-            raise not_found_error(self.task_id, self.exec_id)
-        check_signal(signum)
+        rules.check_kill(self.task_id, self.exec_id, self._state, signum)
         assert self._watch is not None
         if all:
             try:
@@ -301,11 +268,10 @@ class ExecCore:
 
     def resize_pty(self, width: int, height: int) -> None:
         self._check_live()
-        if not self.spec.terminal:
-            raise not_a_tty_error(self.task_id, self.exec_id)
-        check_terminal_size(width, height)
-        if self._state is not ExecState.RUNNING or self._pty_master is None:
+        if not rules.check_resize(self.task_id, self.exec_id, self._state, self.spec.terminal, width, height):
             return
+        if self._pty_master is None:
+            return  # exited, output still draining: as good as not running
         fcntl.ioctl(self._pty_master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
     def close_io(self) -> None:
@@ -314,14 +280,9 @@ class ExecCore:
             return
         self._stdin_stop.set()
 
-    async def wait(self) -> ExecStatus:
-        self._check_live()
-        return await asyncio.shield(self._exited)
-
     def force_exit(self, status: int) -> None:
         self._check_live()
-        check_exit_status(status)
-        if self._state is ExecState.EXITED:
+        if not rules.check_force_exit(self._state, status):
             return
         if self._state is ExecState.CREATED:
             self._release_stdio()
@@ -347,8 +308,7 @@ class ExecCore:
 
     def delete(self) -> ExecStatus:
         self._check_live()
-        if self._state is ExecState.RUNNING:
-            raise invalid_state_error(self.task_id, self.exec_id, self._state, "delete")
+        rules.check_delete(self.task_id, self.exec_id, self._state)
         if self._state is ExecState.CREATED:
             self._release_stdio()
             self._finish(0, utc_now(), op="delete")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 
 import pytest
 
@@ -156,3 +157,30 @@ def test_failed_start_publishes_nothing(backend):
     probe.start()
     probe_log.wait_exited()
     assert log.events == []
+
+
+@pytest.mark.parametrize("drain_timeout", ["2", -1, float("nan"), float("inf"), True, None, 3601])
+def test_a_bad_drain_timeout_is_refused_at_creation(backend, drain_timeout):
+    with pytest.raises(InvalidArgumentError, match="invalid drain_timeout"):
+        backend.create(ProcessSpec(args=["true"]), drain_timeout=drain_timeout)
+    backend.create(ProcessSpec(args=["true"]), drain_timeout=0).start()
+
+
+def test_the_exit_is_published_before_waiters_are_released(backend, tmp_path):
+    """As hcsshim publishes TaskExit before Wait returns: a shim forwarding ExecExited and
+    answering Wait never answers with an exit containerd has not heard of."""
+    waiter_returned = threading.Event()
+    seen_in_callback: list[bool] = []
+
+    def on_event(event: object) -> None:
+        if isinstance(event, ExecExited):
+            # Hold the callback a moment: a waiter released early would return meanwhile.
+            seen_in_callback.append(waiter_returned.wait(0.3))
+
+    made = backend.create(sh("exit 5"), on_event=on_event)
+    waiter = threading.Thread(target=lambda: (made.wait(timeout=20), waiter_returned.set()))
+    waiter.start()
+    made.start()
+    waiter.join(30)
+    assert waiter_returned.is_set()
+    assert seen_in_callback == [False]

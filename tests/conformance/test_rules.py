@@ -1,4 +1,4 @@
-"""Every row of DESIGN.md's rules table, on every backend."""
+"""Every row of the contract's rules table (common/rules.py, CONTRACT.md), on every backend."""
 
 from __future__ import annotations
 
@@ -238,6 +238,23 @@ def test_resize_on_a_tty_that_is_not_running_is_ignored(backend):
     made.start()
     made.wait(timeout=20)
     made.resize_pty(120, 50)
+
+
+@pytest.mark.parametrize("size", [(70000, 5), (-1, 24), ("80", None)])
+def test_resize_on_a_tty_that_is_not_running_is_ignored_whatever_the_size(backend, size):
+    made = backend.create(ProcessSpec(args=["true"], terminal=True))
+    made.resize_pty(*size)
+    made.start()
+    made.wait(timeout=20)
+    made.resize_pty(*size)
+
+
+def test_resize_of_a_running_tty_checks_the_size(backend, tmp_path, held_fifo):
+    made = backend.create(ProcessSpec(args=["cat"], terminal=True), Stdio(stdin=held_fifo))
+    made.start()
+    with pytest.raises(InvalidArgumentError, match="width 70000"):
+        made.resize_pty(70000, 5)
+    made.resize_pty(100, 30)
 
 
 # -- close_io ----------------------------------------------------------------

@@ -18,7 +18,7 @@ import atheris
 with atheris.instrument_imports(include=["common"]):
     from common import ProcessSpec, protocol
     from common.errors import InvalidArgumentError
-    from common.supervisor.execcore import check_exit_status, check_signal, check_terminal_size
+    from common.rules import check_drain_timeout, check_exit_status, check_signal, check_terminal_size
 
 
 TARGETS = [
@@ -27,7 +27,6 @@ TARGETS = [
     protocol.status_from_wire,
     lambda m: protocol.status_from_wire(m.get("status", m)),
     protocol.get_exec_ids,
-    protocol.check_terminal_size,
     lambda m: protocol.get_seqs(m, "acked"),
     lambda m: protocol.get_list(m, "execs", 100_000),
     lambda m: protocol.get_int(m, "q", -1, protocol.MAX_SEQ, default=-1),
@@ -37,6 +36,7 @@ TARGETS = [
     lambda m: check_signal(m.get("signal")),
     lambda m: check_exit_status(m.get("status")),
     lambda m: check_terminal_size(m.get("width"), m.get("height")),
+    lambda m: check_drain_timeout(m.get("drain_timeout")),
 ]
 
 

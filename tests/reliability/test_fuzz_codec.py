@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from common import ProcessSpec, protocol
 from common.errors import ERROR_CLASSES, ExecError, InvalidArgumentError, from_wire
-from common.supervisor.execcore import check_exit_status, check_signal
-from common.supervisor.execcore import check_terminal_size as check_terminal_dims
+from common.rules import check_drain_timeout, check_exit_status, check_signal
+from common.rules import check_terminal_size as check_terminal_dims
 from tests.reliability.fuzzing import fuzz_seed, fuzz_settings, mutated, valid_spec, valid_status, values
 
 pytestmark = pytest.mark.timeout(300)
@@ -123,12 +123,12 @@ FIELD_GETTERS: list[Callable[[dict[str, Any]], Any]] = [
     lambda m: protocol.get_list(m, "f", 3),
     lambda m: protocol.get_seqs(m, "f"),
     protocol.get_exec_ids,
-    protocol.check_terminal_size,
     lambda m: protocol.choose_version(m.get("f")),
     lambda m: protocol.datetime_from_wire(m.get("f")),
     lambda m: check_signal(m.get("f")),
     lambda m: check_exit_status(m.get("f")),
     lambda m: check_terminal_dims(m.get("f"), m.get("width")),
+    lambda m: check_drain_timeout(m.get("f")),
 ]
 
 

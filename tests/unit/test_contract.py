@@ -102,3 +102,22 @@ def test_stdio_validation():
     with pytest.raises(InvalidArgumentError, match="stdin"):
         Stdio(stdin=object())
     assert Stdio(stdout="/tmp/x").path_of("stdout") == "/tmp/x"
+
+
+@pytest.mark.parametrize("field", ["args", "env", "cwd"])
+def test_strings_that_are_not_utf8_are_refused_when_the_spec_is_built(field):
+    """One rule on every backend: a surrogate escape (undecodable bytes) has no faithful form in
+    the OCI spec's UTF-8 strings, so it is refused with the field named, not half-carried."""
+    fields = {"args": ["printf", "%s", "a\udcffb"], "env": ["PATH=/bin"], "cwd": "/"}
+    fields[field] = {"args": ["printf", "%s", "a\udcffb"], "env": ["X=\udc80"], "cwd": "/tmp/\udcff"}[field]
+    with pytest.raises(InvalidArgumentError, match="is not valid UTF-8 text"):
+        ProcessSpec(**fields)
+
+
+def test_stdio_paths_and_ids_that_are_not_utf8_are_refused():
+    from host_proxy.stdio import check_exec_ids
+
+    with pytest.raises(InvalidArgumentError, match=r"stdio.stdout: is not valid UTF-8"):
+        Stdio(stdout="/tmp/\udcffout")
+    with pytest.raises(InvalidArgumentError, match=r"exec id: is not valid UTF-8"):
+        check_exec_ids("t", "e\udcff")
