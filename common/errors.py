@@ -36,9 +36,15 @@ def describe(value: object) -> str:
 
 
 class ExecError(Exception):
-    """Base of every error the exec contract raises. ``code`` is its wire code."""
+    """Base of every error the exec contract raises. ``code`` is its wire code.
+
+    ``from_peer`` is True when the agent raised the error and it came back over
+    the wire (:func:`from_wire`); False when this side raised it — for an
+    ``UnavailableError``, that the request got no answer at all.
+    """
 
     code = "unknown"
+    from_peer = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -119,11 +125,13 @@ def from_wire(code: object, message: object) -> ExecError:
     cls = ERROR_CLASSES.get(code, ExecError) if isinstance(code, str) else ExecError
     if cls is ExecError and code != ExecError.code:
         text = f"{text} (agent error code {describe(code)})"
-    return cls(text)
+    error = cls(text)
+    error.from_peer = True
+    return error
 
 
 def invalid_state_error(tid: str, eid: str, state: object, op: str) -> FailedPreconditionError:
-    """The seed's invalid-state error, word for word."""
+    """hcsshim's invalid-state error (``newExecInvalidStateError``), word for word."""
     state_text = getattr(state, "value", state)
     return FailedPreconditionError(
         f"exec: '{eid}' in task: '{tid}' is in invalid state: '{state_text}' for {op}"

@@ -13,13 +13,13 @@ itself, every field is type- and range-checked, and any violation raises
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-from .errors import InvalidArgumentError, describe
-from .spec import MAX_ID_BYTES, MAX_PATH_BYTES, MAX_TERMINAL_DIM, ProcessSpec, check_int, check_text
+from .errors import ExecError, InvalidArgumentError, describe, from_wire
+from .rules import MAX_DRAIN_TIMEOUT
+from .spec import MAX_ID_BYTES, MAX_PATH_BYTES, ProcessSpec, check_int, check_text
 from .state import ExecState, ExecStatus
 
 #: Protocol versions this code speaks, newest last.
@@ -37,7 +37,6 @@ MAX_REQUEST_ID = 2**63 - 1
 MAX_SEQ = 2**63 - 1
 MAX_HANDLE = 2**63 - 1
 MAX_LIST_ENTRIES = 100_000
-MAX_DRAIN_TIMEOUT = 3600.0
 
 STDOUT, STDERR = 1, 2
 STREAMS = (STDOUT, STDERR)
@@ -73,6 +72,42 @@ def unpack(frame: bytes | memoryview) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise _bad("header", f"must be a map, not {type(header).__name__}")
     return header
+
+
+# -- requests and replies ----------------------------------------------------------
+
+#: What the host says it is in ``hello``.
+CLIENT_NAME = "uvmexec-host/0.1.0"
+
+
+def request_frame(request_id: int, op: str, fields: dict[str, Any]) -> bytes:
+    """The header frame of a request: ``{"id", "op", **fields}``."""
+    return pack({"id": request_id, "op": op, **fields})
+
+
+def hello_fields(session: bytes, *, events: bool = True) -> dict[str, Any]:
+    """A host's ``hello``: the versions it speaks and its session; ``events=False`` for a
+    request-only connection of the same session (events stay on the session's main one)."""
+    fields: dict[str, Any] = {"versions": list(VERSIONS), "session": session.hex(), "client": CLIENT_NAME}
+    if not events:
+        fields["events"] = False
+    return fields
+
+
+def wants_new_hello(reply: dict[str, Any]) -> bool:
+    """The agent does not know this connection's session (it restarted): say hello again."""
+    return reply.get("error") is not None and bool(reply.get("retry"))
+
+
+def reply_result(reply: dict[str, Any]) -> Any:
+    """The result a reply carries, or raise the :class:`~common.errors.ExecError` it reports,
+    with the class and message the agent raised (an unknown shape becomes a plain ExecError)."""
+    error = reply.get("error")
+    if error is None:
+        return reply.get("result")
+    if not isinstance(error, dict):
+        raise ExecError(f"malformed error reply from the agent: {describe(error)}")
+    raise from_wire(error.get("code"), error.get("message"))
 
 
 # -- field checkers ------------------------------------------------------------
@@ -182,13 +217,6 @@ class CreateArgs:
             )
 
 
-def check_terminal_size(message: dict[str, Any]) -> tuple[int, int]:
-    return (
-        get_int(message, "width", 0, MAX_TERMINAL_DIM),
-        get_int(message, "height", 0, MAX_TERMINAL_DIM),
-    )
-
-
 # -- status ------------------------------------------------------------------------
 
 
@@ -257,5 +285,3 @@ def choose_version(offered: object) -> int | None:
     common = [v for v in offered if isinstance(v, int) and not isinstance(v, bool) and v in VERSIONS]
     return max(common) if common else None
 
-
-Handler = Callable[..., Any]

@@ -75,7 +75,7 @@ def op_kill(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str
     return {}
 
 
-def op_resize(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+def op_resize_pty(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
     record = _lookup(agent, message)
     record.core.resize_pty(message.get("width"), message.get("height"))  # type: ignore[arg-type]
     return {}
@@ -218,7 +218,7 @@ REQUESTS: dict[str, Callable[..., Any]] = {
     "create": op_create,
     "start": op_start,
     "kill": op_kill,
-    "resize": op_resize,
+    "resize_pty": op_resize_pty,
     "close_io": op_close_io,
     "status": op_status,
     "force_exit": op_force_exit,

@@ -14,7 +14,7 @@ import concurrent.futures
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq.auth
@@ -31,6 +31,7 @@ from common.spec import ProcessSpec, Stdio
 from common.state import ExecEvent, ExecStatus
 from common.supervisor import DEFAULT_DRAIN_TIMEOUT
 
+from .agent_link import AgentLink, Request
 from .connection import Connection, CurveKeys
 from .direct import FallBack
 from .loop_thread import LoopThread, shared_loop
@@ -54,8 +55,12 @@ def load_curve_keys(server_key: str | os.PathLike[str], client_key: str | os.Pat
     return CurveKeys(server_public, client_public, client_secret)
 
 
-class AgentClient:
-    """One connection to an agent; makes and attaches :class:`ProxiedExec`\\ s. Use as a context manager."""
+class AgentClient(AgentLink):
+    """One connection to an agent; makes and attaches :class:`ProxiedExec`\\ s. Use as a context manager.
+
+    It is also each of its execs' :class:`~host_proxy.agent_link.AgentLink`: the one request
+    path (:meth:`send`) that every request of the client takes.
+    """
 
     def __init__(self, connection: Connection, loop_thread: LoopThread, tunnel: Any = None) -> None:
         self._conn = connection
@@ -121,31 +126,65 @@ class AgentClient:
             raise
         return cls(connection, loop_thread, tunnel)
 
-    # -- plumbing ---------------------------------------------------------------
-
-    def _request(self, op: str, fields: dict[str, Any], on_result: Callable[[Any], None] | None = None) -> Any:
-        request_id = self._conn.next_request_id()
-        if on_result is None:
-            try:
-                return self._conn.direct.request(request_id, op, fields)
-            except FallBack:
-                pass  # through the loop, under the same id
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._loop.loop.call_soon_threadsafe(self._conn.request, op, fields, future, False, on_result, request_id)
-        try:
-            # The connection fails every request on its own deadlines; this only guards a stuck loop.
-            return future.result(self._conn.timeout + self._conn.reconnect_timeout + 30)
-        except concurrent.futures.TimeoutError:
-            raise UnavailableError(f"no answer to {op!r} from the agent at {self._conn.display}") from None
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._loop.call(fn, *args)
-
     # -- public API ---------------------------------------------------------------
 
     @property
     def endpoint(self) -> str:
         return self._conn.display
+
+    # -- the link: the one request path ----------------------------------------------
+
+    @property
+    def answer_timeout(self) -> float:
+        return self._conn.timeout
+
+    def new_request_id(self) -> int:
+        return self._conn.next_request_id()
+
+    def send(self, requests: Sequence[Request]) -> list[Any]:
+        """See :meth:`AgentLink.send`. Requests go on the caller's own thread through a direct
+        socket when one is free (see :mod:`host_proxy.direct`), else — or if that cannot answer —
+        through the loop's connection under the same ids: an agent that already did one answers
+        it from its reply cache. Requests with ``on_result`` always go through the loop."""
+        conn = self._conn
+        request_ids = [request.request_id if request.request_id is not None else conn.next_request_id()
+                       for request in requests]
+        if not any(request.on_result is not None for request in requests):
+            try:
+                return conn.direct.request_many(
+                    [(request_id, (request.op, request.fields))
+                     for request_id, request in zip(request_ids, requests, strict=True)])
+            except FallBack:
+                pass
+        futures: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in requests]
+
+        def send_all() -> None:
+            for request_id, request, future in zip(request_ids, requests, futures, strict=True):
+                conn.request(request.op, request.fields, future, False, request.on_result, request_id)
+
+        self._loop.loop.call_soon_threadsafe(send_all)
+        # The connection fails every request on its own deadlines; this only guards a stuck loop.
+        stuck_after = conn.timeout + conn.reconnect_timeout + 30
+        results: list[Any] = []
+        for request, future in zip(requests, futures, strict=True):
+            try:
+                results.append(future.result(stuck_after))
+            except ExecError as error:
+                results.append(error)
+            except concurrent.futures.TimeoutError:
+                results.append(UnavailableError(f"no answer to {request.op!r} from the agent at {conn.display}"))
+        return results
+
+    def release(self, record: RemoteExec) -> None:
+        """After delete (or a refused create): the ids are free again, and the loop drops what it
+        held for the exec — unless the agent may still hold it after a create that got no answer:
+        then it stays routed until the agent is asked to end it."""
+        record.deleted = True
+        with self._live_lock:
+            if self._live.get((record.task_id, record.exec_id)) is record:
+                del self._live[(record.task_id, record.exec_id)]
+        if not record.abandoned:
+            self._loop.loop.call_soon_threadsafe(self._conn.forget, record)
 
     @property
     def boot_id(self) -> str:
@@ -188,9 +227,7 @@ class AgentClient:
         on_event: Callable[[ExecEvent], None] | None = None,
     ) -> ProxiedExec:
         """Create an exec on the agent (state CREATED); its stdio targets are on this host."""
-        stdio = check_creation(task_id, exec_id, spec, stdio)
-        if not isinstance(drain_timeout, (int, float)) or not 0 <= drain_timeout <= protocol.MAX_DRAIN_TIMEOUT:
-            raise InvalidArgumentError(f"drain_timeout must be within [0, {protocol.MAX_DRAIN_TIMEOUT:g}] seconds")
+        stdio, drain_timeout = check_creation(task_id, exec_id, spec, stdio, drain_timeout)
         ends = self._reserve(task_id, exec_id, stdio)
         remote = RemoteExec(
             self._conn, self._new_handle(), task_id, exec_id, bundle=bundle, terminal=spec.terminal,
@@ -206,7 +243,7 @@ class AgentClient:
             "stdio": {"stdin": ends.stdin is not None, "stdout": ends.stdout is not None,
                       "stderr": ends.stderr is not None},
             "paths": list(ends.paths),
-            "drain_timeout": float(drain_timeout),
+            "drain_timeout": drain_timeout,
         }
         # Tracked under its own handle before anything about it can arrive (a dict store is atomic).
         self._conn.execs[remote.handle] = remote
@@ -254,7 +291,9 @@ class AgentClient:
             attached.append(remote)
 
         try:
-            self._request("attach", {"task": task_id, "exec": exec_id}, track)
+            result = self.send([Request("attach", {"task": task_id, "exec": exec_id}, on_result=track)])[0]
+            if isinstance(result, BaseException):
+                raise result
         except BaseException:
             ends.release()
             self._release(task_id, exec_id)
@@ -270,7 +309,7 @@ class AgentClient:
         listed: list[ExecStatus] = []
         after = 0
         while True:  # page by page: one reply never nears a message size limit
-            result = self._request("list", {"after": after})
+            result = self.request("list", {"after": after})
             listed.extend(protocol.status_from_wire(entry) for entry in protocol.get_list(result, "execs", 10**6))
             cursor = result.get("next")
             if cursor is None:
@@ -279,11 +318,11 @@ class AgentClient:
 
     def stats(self) -> dict[str, int]:
         """The agent's own counters: execs, sessions, fds, threads, RSS, output held for slow readers."""
-        return dict(self._request("stats", {}))
+        return dict(self.request("stats", {}))
 
     def ping(self) -> None:
         """One round trip to the agent."""
-        self._request("ping", {})
+        self.request("ping", {})
 
     def close(self) -> None:
         """Close the connection. Execs of this client not yet exited are exited here with 255
@@ -291,7 +330,7 @@ class AgentClient:
         if self._closed:
             return
         self._closed = True
-        self._call(self._conn.close)
+        self._loop.call(self._conn.close)
         if self._tunnel is not None:
             self._tunnel.close()
 
@@ -330,61 +369,3 @@ class AgentClient:
             handle = secrets.randbits(62) or 1
             if handle not in self._conn.execs:
                 return handle
-
-    def _pipeline(self, ops: list[tuple[str, dict[str, Any]]], ids: list[int | None] | None = None) -> list[Any]:
-        """Send requests back to back, in order, and collect each result (or ExecError) in order.
-
-        ``ids`` may fix a request's id (a retried create keeps its first id, so an agent that did it
-        already answers from its reply cache); None entries get fresh ids.
-        """
-        chosen = ids or [None] * len(ops)
-        request_ids = [given if given is not None else self._conn.next_request_id() for given in chosen]
-        try:
-            return self._conn.direct.request_many(list(zip(request_ids, ops, strict=True)))
-        except FallBack:
-            pass  # through the loop, under the same ids: the agent answers done ones from its cache
-        futures: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in ops]
-
-        def send_all() -> None:
-            for request_id, (op, fields), future in zip(request_ids, ops, futures, strict=True):
-                self._conn.request(op, fields, future, False, None, request_id)
-
-        self._loop.loop.call_soon_threadsafe(send_all)
-        results: list[Any] = []
-        for (op, _), future in zip(ops, futures, strict=True):
-            try:
-                results.append(future.result(self._conn.timeout + self._conn.reconnect_timeout + 30))
-            except ExecError as error:
-                results.append(error)
-            except concurrent.futures.TimeoutError:
-                results.append(UnavailableError(f"no answer to {op!r} from the agent at {self._conn.display}"))
-        return results
-
-    def _abandon(self, remote: RemoteExec, error: ExecError) -> None:
-        """The agent refused to create it: it never existed; free its ids and stdio."""
-        remote.create_error = error
-        self._release(remote.task_id, remote.exec_id)
-        self._loop.loop.call_soon_threadsafe(self._untrack, remote)
-
-    def _end_here(self, remote: RemoteExec, exit_status: int) -> None:
-        """End an exec the agent never knew (it never started: no event)."""
-        remote.pending_create = None
-        self._call(remote.finish, exit_status, None, False, 0)
-
-    def _forget(self, remote: RemoteExec) -> None:
-        """After delete: the ids are free again, and the loop drops what it held for the exec."""
-        remote.deleted = True
-        self._release(remote.task_id, remote.exec_id)
-        self._loop.loop.call_soon_threadsafe(self._untrack, remote)
-
-    def _untrack(self, remote: RemoteExec) -> None:
-        for stream in remote.streams.values():
-            stream.abort()
-        if remote.stdin is not None:
-            remote.stdin.abort()
-        self._conn.execs.pop(remote.handle, None)
-
-    def _wait_timeout_error(self, remote: RemoteExec, timeout: float | None) -> DeadlineExceededError:
-        return DeadlineExceededError(
-            f"exec: '{remote.exec_id}' in task: '{remote.task_id}' did not exit within {timeout}s"
-        )

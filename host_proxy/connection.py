@@ -33,7 +33,6 @@ from common.errors import (
     ExecError,
     UnavailableError,
     UnimplementedError,
-    from_wire,
 )
 from common.zmqloop import LoopSocket
 
@@ -203,7 +202,7 @@ class Connection:
             return
         if request_id is None:
             request_id = self.next_request_id()
-        frames = [protocol.pack({"id": request_id, "op": op, **fields})]
+        frames = [protocol.request_frame(request_id, op, fields)]
         pending = _Pending(op, frames, future, time.monotonic() + self.timeout, internal=internal,
                            on_result=on_result)
         pending.timer = self.loop.call_later(self.timeout, self._request_timed_out, request_id)
@@ -263,6 +262,26 @@ class Connection:
         self.request("close_io", {"task": remote.task_id, "exec": remote.exec_id, "q": last_sent}, future)
         future.add_done_callback(lambda done: done.exception())  # errors (a deleted exec) are moot
 
+    def end_abandoned(self, remote: RemoteExec) -> None:
+        """An exec the host ended after its create got no answer turned out to exist on the agent:
+        end and delete it there (answers do not matter: it may be gone already), then forget it."""
+        if remote.handle not in self.execs:
+            return
+        ids = {"task": remote.task_id, "exec": remote.exec_id}
+        for op, fields in (("force_exit", {**ids, "status": 1}), ("delete", ids)):
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            self.request(op, fields, future)
+            future.add_done_callback(lambda done: done.exception())
+        self.forget(remote)
+
+    def forget(self, remote: RemoteExec) -> None:
+        """Stop routing anything to this exec and drop what is queued for it."""
+        for stream in remote.streams.values():
+            stream.abort()
+        if remote.stdin is not None:
+            remote.stdin.abort()
+        self.execs.pop(remote.handle, None)
+
     def dispatch_event(self, callback: Callable[[Any], None], event: Any) -> None:
         self.loop_thread.dispatch(callback, event)
 
@@ -311,20 +330,18 @@ class Connection:
         pending = self._pending.get(request_id)  # type: ignore[arg-type]
         if pending is None:
             return  # the answer to a resent request we already had
-        error = header.get("error")
-        if error is not None and header.get("retry") and not pending.internal:
+        if protocol.wants_new_hello(header) and not pending.internal:
             return  # sent before a re-hello reached a restarted agent; the hello decides
         del self._pending[request_id]  # type: ignore[arg-type]
         if pending.timer is not None:
             pending.timer.cancel()
         if pending.future.done():
             return
-        if error is not None:
-            if not isinstance(error, dict):
-                error = {"code": "unknown", "message": repr(error)}
-            pending.future.set_exception(from_wire(error.get("code"), error.get("message")))
+        try:
+            result = protocol.reply_result(header)
+        except ExecError as error:
+            pending.future.set_exception(error)
         else:
-            result = header.get("result")
             if pending.on_result is not None:
                 try:
                     pending.on_result(result)
@@ -368,8 +385,8 @@ class Connection:
     def _say_hello(self) -> None:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._hello_id = self.next_request_id()
-        self.request("hello", {"versions": list(protocol.VERSIONS), "session": self.session_id.hex(),
-                               "client": "uvmexec-host/0.1.0"}, future, internal=True, request_id=self._hello_id)
+        self.request("hello", protocol.hello_fields(self.session_id), future, internal=True,
+                     request_id=self._hello_id)
         future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(self._on_hello, done))
 
     def _on_hello(self, done: concurrent.futures.Future[Any]) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from common import protocol
-from common.errors import ExecError, from_wire
+from common.errors import ExecError
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -89,10 +89,8 @@ class DirectRequests:
         try:
             conn.configure_socket(socket)
             socket.connect(conn.endpoint)
-            self._exchange(socket, conn.next_request_id(), "hello", {
-                "versions": list(protocol.VERSIONS), "session": conn.session_id.hex(), "events": False,
-                "client": "uvmexec-host/0.1.0",
-            }, wait_ms=int(conn.timeout * 1000))
+            self._exchange(socket, conn.next_request_id(), "hello", protocol.hello_fields(conn.session_id, events=False),
+                           wait_ms=int(conn.timeout * 1000))
         except BaseException:
             socket.close(linger=0)
             raise
@@ -100,7 +98,7 @@ class DirectRequests:
 
     def _exchange(self, socket: zmq.Socket, request_id: int, op: str, fields: dict[str, Any],
                   wait_ms: int = DIRECT_WAIT_MS) -> Any:
-        socket.send(protocol.pack({"id": request_id, "op": op, **fields}), _NOBLOCK)
+        socket.send(protocol.request_frame(request_id, op, fields), _NOBLOCK)
         return self._answer(socket, request_id, op, wait_ms)
 
     def _answer(self, socket: zmq.Socket, request_id: int, op: str, wait_ms: int = DIRECT_WAIT_MS) -> Any:
@@ -113,12 +111,9 @@ class DirectRequests:
                 raise FallBack(f"undecodable answer: {error}") from None
             if header.get("id") != request_id:
                 continue  # the late answer to an earlier request that went the other way
-            failure = header.get("error")
-            if failure is not None:
-                if header.get("retry") or not isinstance(failure, dict):
-                    raise FallBack("the agent wants a new hello")
-                raise from_wire(failure.get("code"), failure.get("message"))
-            return header.get("result")
+            if protocol.wants_new_hello(header):
+                raise FallBack("the agent wants a new hello")
+            return protocol.reply_result(header)
 
     def request(self, request_id: int, op: str, fields: dict[str, Any]) -> Any:
         """The result, an ExecError from the agent, or FallBack (then use the loop, same id)."""
@@ -137,7 +132,7 @@ class DirectRequests:
             raise FallBack("no idle direct socket")
         try:
             for request_id, (op, fields) in requests:
-                socket.send(protocol.pack({"id": request_id, "op": op, **fields}), _NOBLOCK)
+                socket.send(protocol.request_frame(request_id, op, fields), _NOBLOCK)
             results: list[Any] = []
             for request_id, (op, _) in requests:
                 try:

@@ -8,8 +8,16 @@ exec becomes EXITED on the host only when the agent's exit record arrived
 keeps. Stdin is read from the local source under the agent's credit window
 and kept until acknowledged, so it can be resent after a reconnect.
 
-Loop-thread only, except the attributes read by :class:`ProxiedExec`
-(``final``, ``finalized``, ``deleted``, ``pid``), which are set once.
+It is also the record ``ProxiedExec`` answers ``pid``, ``state`` and
+``status()`` from, without asking the agent (hcsshim serves these from memory
+too): the start reply or ``started`` event sets ``pid``, the exit record and
+the last output written set ``final``. The record lags the agent by the
+events in flight, never more, and keeps answering when the agent is gone.
+
+Loop-thread only, except what :class:`ProxiedExec` uses: the read-only
+attributes (``pid``, ``final``, ``finalized``, ``deleted``, set once each),
+:attr:`RemoteExec.state`, :meth:`RemoteExec.status`, and the methods that say
+they may be called from any thread.
 """
 
 from __future__ import annotations
@@ -227,41 +235,103 @@ class RemoteExec:
         self.create_sent = False
         #: ExecStarted went out (or the start happened before this client attached).
         self.start_published = False
-        #: Why the agent refused the create; every later call raises it.
-        self.create_error: ExecError | None = None
+        #: Ended here after a create that got no answer: if the agent does know it, end it there.
+        self.abandoned = False
         self.create_lock = threading.Lock()
         self._events_lock = threading.Lock()
         self.exit_header: dict[str, Any] | None = None
         self.final: ExecStatus | None = None
+        self._snapshot: ExecStatus | None = None
         self.finalized = threading.Event()
         self.deleted = False
         #: Ended here without the agent (it was unreachable); the agent may still run it.
         self.forced_locally = False
         self._finalizing = False
 
-    # -- lifecycle -------------------------------------------------------------
+    # -- what the host knows (any thread) ----------------------------------------
 
-    def created_status(self) -> ExecStatus:
-        """The status of an exec that has not started (what the host alone knows)."""
-        return ExecStatus(
-            id=self.task_id,
-            exec_id=self.exec_id,
-            bundle=self.bundle,
-            pid=0,
-            status=ExecState.CREATED,
-            stdin=self.paths[0],
-            stdout=self.paths[1],
-            stderr=self.paths[2],
-            terminal=self.terminal,
-            exit_status=RUNNING_EXIT_STATUS,
-            exited_at=None,
-        )
+    @property
+    def state(self) -> ExecState:
+        """EXITED once final here; RUNNING once started (output may still be on its way); else CREATED."""
+        if self.final is not None:
+            return ExecState.EXITED
+        return ExecState.RUNNING if self.pid else ExecState.CREATED
+
+    def status(self) -> ExecStatus:
+        """The exec's status from this host's record: no round trip, so it answers with the agent gone."""
+        final = self.final
+        if final is not None:
+            return final
+        pid = self.pid
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.pid != pid:
+            # Made once per state (it changes only at start and exit): status() is the commonest call.
+            snapshot = self._snapshot = ExecStatus(
+                id=self.task_id,
+                exec_id=self.exec_id,
+                bundle=self.bundle,
+                pid=pid,
+                status=ExecState.RUNNING if pid else ExecState.CREATED,
+                stdin=self.paths[0],
+                stdout=self.paths[1],
+                stderr=self.paths[2],
+                terminal=self.terminal,
+                exit_status=RUNNING_EXIT_STATUS,
+                exited_at=None,
+            )
+        return snapshot
+
+    # -- ending it without the agent (any thread) ------------------------------------
+
+    def end_unstarted(self, exit_status: int, exited_at: datetime.datetime | None = None, pid: int = 0) -> None:
+        """Any thread: end an exec without an exit record and without events — it never started
+        (force_exit or delete before start, a failed start, a refused create), or the agent's
+        delete reply is the last word on it. Waiters are released."""
+        self.pending_create = None
+        self.conn.loop_thread.call(self.finish, exit_status, exited_at, False, pid)
+
+    def close_stdin_before_start(self) -> None:
+        """Any thread, before the create is sent: the process will get ``/dev/null`` for stdin,
+        as ``close_io`` before start gives a local process."""
+        def drop() -> None:
+            if self.stdin is not None:
+                self.stdin.abort()
+                self.stdin = None
+            if self.pending_create is not None:
+                self.pending_create["stdio"]["stdin"] = False
+
+        self.conn.loop_thread.call(drop)
+
+    def refuse(self, error: ExecError) -> None:
+        """The create or start failed: EXITED with 1, like any failed start (no event).
+
+        A refusal the agent answered leaves nothing there. A create that got no answer may
+        still have reached it: the record stays routed, and if the agent turns out to know the
+        exec (its ``started`` event, a resync), the host ends and deletes it there.
+        """
+        self.abandoned = self.create_sent and not error.from_peer
+        self.end_unstarted(1)
+
+    def end_here(self, exit_status: int, why: str) -> None:
+        """Any thread: the agent cannot be asked (unreachable): end the exec here."""
+        self.conn.loop_thread.call(self.force_locally, exit_status, why)
+
+    def stop_stdin(self) -> int:
+        """Any thread: stop feeding stdin; the sequence number of the last chunk sent (-1: none)."""
+        if self.stdin is None:
+            return -1
+        return self.conn.loop_thread.run(self.stdin.stop())
+
+    # -- lifecycle -------------------------------------------------------------
 
     def on_started(self, pid: int) -> None:
         """Record the start once: from the caller's ``start()``, the agent's ``started`` event or a resync.
 
         Any thread. The lock keeps ExecStarted ahead of ExecExited whichever thread gets here first.
         """
+        if self.abandoned:
+            self.conn.end_abandoned(self)
+            return
         with self._events_lock:
             if self.start_published:
                 return
@@ -273,6 +343,9 @@ class RemoteExec:
             self.conn.loop.call_soon_threadsafe(self.stdin.start)
 
     def on_exit(self, header: dict[str, Any]) -> None:
+        if self.abandoned:
+            self.conn.end_abandoned(self)
+            return
         if self.exit_header is not None or self.final is not None:
             return
         self.exit_header = header
@@ -307,7 +380,11 @@ class RemoteExec:
         self.finish(header["status"], exited_at, bool(header.get("started")), header.get("pid", self.pid))
 
     def finish(self, exit_status: int, exited_at: datetime.datetime | None, started: bool, pid: int) -> None:
-        """Become EXITED on the host: release waiters, publish the exit (if the exec started)."""
+        """Become EXITED on the host: publish the exit (if the exec started), then release waiters.
+
+        Loop thread. Waiters are released through the event dispatcher, behind the exit event, so
+        a shim that forwards ExecExited and answers Wait never reports an exit before its event.
+        """
         if self.final is not None:
             return
         self.pid = pid or self.pid
@@ -324,15 +401,17 @@ class RemoteExec:
             exit_status=exit_status,
             exited_at=exited_at or utc_now(),
         )
-        self.finalized.set()
-        if started and self.on_event is not None:
-            with self._events_lock:
-                if not self.start_published:
-                    # The start was never recorded (its event and reply were lost): publish it first.
-                    self.start_published = True
-                    self.conn.dispatch_event(self.on_event, ExecStarted(self.exec_id, self.pid))
-                self.conn.dispatch_event(self.on_event, ExecExited(self.exec_id, self.pid, exit_status,
-                                                                   self.final.exited_at))  # type: ignore[arg-type]
+        if not (started and self.on_event is not None):
+            self.finalized.set()
+            return
+        with self._events_lock:
+            if not self.start_published:
+                # The start was never recorded (its event and reply were lost): publish it first.
+                self.start_published = True
+                self.conn.dispatch_event(self.on_event, ExecStarted(self.exec_id, self.pid))
+            self.conn.dispatch_event(self.on_event, ExecExited(self.exec_id, self.pid, exit_status,
+                                                               self.final.exited_at))  # type: ignore[arg-type]
+        self.conn.dispatch_event(lambda _: self.finalized.set(), None)
 
     def force_locally(self, exit_status: int, why: str) -> None:
         """The agent is gone (or lost this exec): end it here without it."""
@@ -352,6 +431,12 @@ class RemoteExec:
         return [self.streams[STDOUT].written, self.streams[STDERR].written]
 
     def after_resync(self, entry: dict[str, Any]) -> None:
+        if self.abandoned:
+            if entry.get("known"):
+                self.conn.end_abandoned(self)
+            else:
+                self.conn.forget(self)
+            return
         if not entry.get("known"):
             if self.on_agent:
                 self.force_locally(255, "the agent no longer knows it")

@@ -22,7 +22,7 @@ from tests.support.agent import Keys
 KNOWN_CODES = {"not_found", "failed_precondition", "invalid_argument", "already_exists", "unavailable",
                "deadline_exceeded", "unimplemented"}
 
-REQUEST_OPS = ["ping", "create", "start", "kill", "resize", "close_io", "status", "force_exit", "delete", "list",
+REQUEST_OPS = ["ping", "create", "start", "kill", "resize_pty", "close_io", "status", "force_exit", "delete", "list",
                "stats", "attach", "resync", "hello"]
 NOTIFICATION_OPS = ["ack", "stdin", "bye"]
 FIELDS = ["id", "op", "task", "exec", "spec", "bundle", "stdio", "paths", "drain_timeout", "signal", "all", "width",
@@ -115,7 +115,7 @@ def templates(task: str, exec_ids: list[str]) -> st.SearchStrategy[dict[str, Any
                              "paths": ["", "/o", "/e"], "drain_timeout": 1.0}, exec_id),
         ids.map(lambda m: {"op": "start", **m}),
         ids.map(lambda m: {"op": "kill", "signal": 15, "all": False, **m}),
-        ids.map(lambda m: {"op": "resize", "width": 80, "height": 24, **m}),
+        ids.map(lambda m: {"op": "resize_pty", "width": 80, "height": 24, **m}),
         ids.map(lambda m: {"op": "close_io", "q": -1, **m}),
         ids.map(lambda m: {"op": "status", **m}),
         ids.map(lambda m: {"op": "force_exit", "status": 3, **m}),

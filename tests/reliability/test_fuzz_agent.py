@@ -221,7 +221,7 @@ def test_a_value_nested_as_deep_as_msgpack_allows_is_an_invalid_argument(raw, cl
     raw.request("create", task="deep", exec="e", spec={"args": ["sleep", "1000"]}, stdio={})
     raw.request("start", task="deep", exec="e")
     try:
-        for op, field in (("kill", "signal"), ("force_exit", "status"), ("resize", "width")):
+        for op, field in (("kill", "signal"), ("force_exit", "status"), ("resize_pty", "width")):
             reply = raw.request(op, task="deep", exec="e", **{field: nested})
             assert reply.get("error", {}).get("code") in ("invalid_argument", "failed_precondition"), (op, reply)
     finally:
@@ -243,7 +243,7 @@ def test_a_value_nested_as_deep_as_msgpack_allows_is_an_invalid_argument(raw, cl
     ("create", {"spec": {"args": ["true"]}, "drain_timeout": float("nan")}, "invalid_argument"),
     ("create", {"spec": {"args": ["true"]}, "stdio": {}, "paths": ["", "", "x" * 5000]}, "invalid_argument"),
     ("close_io", {"q": -2}, "invalid_argument"),
-    ("resize", {"width": -1, "height": 10}, "invalid_argument"),
+    ("resize_pty", {"width": -1, "height": 10}, "invalid_argument"),
     ("force_exit", {"status": 256}, "invalid_argument"),
     ("kill", {"signal": -9}, "invalid_argument"),
     ("resync", {"execs": [{"h": -1, "acked": [-1, -1]}]}, "invalid_argument"),

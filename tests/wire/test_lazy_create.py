@@ -46,9 +46,9 @@ def test_ids_held_by_another_client_fail_the_first_call_that_needs_the_agent(ipc
         late = second.create_exec("shared", "ids", ProcessSpec(args=["true"]))
         with pytest.raises(AlreadyExistsError, match="already exists"):
             late.start()
-        with pytest.raises(AlreadyExistsError):
-            late.status()
-        # The refused exec never existed: the second client may use the ids again.
+        # A refused creation is a failed start: exited with 1, and delete() frees the ids.
+        assert late.status().exit_status == 1
+        late.delete()
         again = second.create_exec("shared", "ids", ProcessSpec(args=["true"]))
         held.kill(9)
         held.wait(timeout=30)

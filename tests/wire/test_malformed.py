@@ -149,7 +149,7 @@ def test_invalid_operation_arguments(raw):
     assert raw.request("start", task="t", exec="e")["result"]["pid"] > 0
     for fields in ({"signal": "TERM"}, {"signal": 0}, {"signal": 2**64 - 1}, {"signal": 9, "all": "yes"}):
         assert raw.request("kill", task="t", exec="e", **fields)["error"]["code"] == "invalid_argument"
-    assert raw.request("resize", task="t", exec="e", width=1, height=1)["error"]["code"] == "failed_precondition"
+    assert raw.request("resize_pty", task="t", exec="e", width=1, height=1)["error"]["code"] == "failed_precondition"
     assert raw.request("force_exit", task="t", exec="e", status=-3)["error"]["code"] == "invalid_argument"
     assert raw.request("status", task="t", exec="nope")["error"] == {
         "code": "not_found", "message": "exec: 'nope' in task: 't' not found"}
