@@ -32,6 +32,7 @@ FAMILIES = {
     "lifecycle": "bench.lifecycle",
     "throughput": "bench.throughput",
     "fanout": "bench.fanout",
+    "lost_agent": "bench.lost_agent",
     "guest": "bench.guest",
 }
 
