@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, cast
 
-from .cli_errors import CliError, Exit
+from .errors import CliError, Exit
 
 _SPINNER = "|/-\\"
 
