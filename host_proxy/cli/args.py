@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 from .errors import EXIT_CODE_TABLE, Exit
@@ -118,25 +117,12 @@ def _add_ps(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_vm(commands: argparse._SubParsersAction) -> None:
+    from vm_images.options import add_vm_commands  # argparse only: the options 'python -m vm_images' has
+
     vm = commands.add_parser("vm", help="build, boot, stop or inspect the background VM",
-                             description="The background VM that 'uvmexec run --vm' uses.")
+                             description="The background VM that 'uvmexec run --vm' uses "
+                                         "(the commands and options of 'python -m vm_images').")
     actions = vm.add_subparsers(dest="vm_command", metavar="{build,up,down,status}", parser_class=Parser)
     actions.required = True
-    build = actions.add_parser("build", help="build or reuse the cached guest image (needs root)")
-    build.add_argument("--cache-dir", type=Path,
-                       help="default: $UVMEXEC_IMAGE_CACHE or ~/.cache/uvmexec/images")
-    build.add_argument("--json", action="store_true", help="print the image manifest as JSON")
-    up = actions.add_parser("up", help="boot the background VM unless one runs")
-    up.add_argument("--memory", type=int, default=512, metavar="MIB")
-    up.add_argument("--cpus", type=int, default=2)
-    up.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    up.add_argument("--boot-timeout", type=float, default=90.0, metavar="SECONDS",
-                    help="seconds to wait for the agent (default 90)")
-    up.add_argument("--image", type=Path, help="boot this built image directory")
-    up.add_argument("--json", action="store_true")
-    down = actions.add_parser("down", help="stop the background VM")
-    down.add_argument("--stop-timeout", type=float, default=15.0, metavar="SECONDS")
-    status = actions.add_parser("status", help="is the background VM running? (exit 3 if not)")
-    status.add_argument("--json", action="store_true")
-    for parser in (vm, build, up, down, status):
+    for parser in (vm, *add_vm_commands(actions).values()):
         parser.set_defaults(handler="vm:vm_command")
