@@ -2,7 +2,8 @@
 
 - ``build``: build (or find cached) the guest image; prints its directory.
 - ``up``: boot the background VM unless one runs; prints how to reach it.
-- ``down``: stop the background VM (no-op if none runs).
+- ``down``: stop the background VM (no-op if none runs); returns once its
+  QEMU process is gone.
 - ``status``: exit 0 and print the VM's endpoint and pid if it runs, exit 3
   and print "not running" otherwise (the LSB status convention).
 

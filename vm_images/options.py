@@ -52,8 +52,8 @@ def add_vm_commands(actions: argparse._SubParsersAction) -> dict[str, argparse.A
     up.add_argument("--json", action="store_true", help="print the VM's details as JSON")
 
     down = actions.add_parser("down", help="stop the background VM",
-                              description="Stop the background VM (QMP quit, then SIGTERM, then SIGKILL). "
-                                          "A no-op if none runs.")
+                              description="Stop the background VM (QMP quit, then SIGTERM, then SIGKILL) and "
+                                          "return once its QEMU process is gone. A no-op if none runs.")
     down.add_argument("--stop-timeout", type=float, default=DEFAULT_STOP_TIMEOUT, metavar="SECONDS",
                       help=f"how long QEMU gets to end, shared by quit, SIGTERM and SIGKILL "
                            f"(default {DEFAULT_STOP_TIMEOUT:g})")
