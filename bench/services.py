@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from host_proxy import AgentClient
-from host_proxy.cli_embedded import read_line
+from host_proxy.cli.embedded import read_line
 from tests.support.agent import ROOT, AgentProcess, Keys
 
 from .measure import private_directory

@@ -2,12 +2,14 @@
 
 - ``build``: build (or find cached) the guest image; prints its directory.
 - ``up``: boot the background VM unless one runs; prints how to reach it.
-- ``down``: stop the background VM (no-op if none runs).
+- ``down``: stop the background VM (no-op if none runs); returns once its
+  QEMU process is gone.
 - ``status``: exit 0 and print the VM's endpoint and pid if it runs, exit 3
   and print "not running" otherwise (the LSB status convention).
 
 Progress goes to stderr, results to stdout (``--json`` for machine use).
-Errors print one message and exit 1.
+Errors print one message and exit 1. The options are those of ``uvmexec vm``
+(see ``options.py``); ``python -m vm_images COMMAND --help`` lists them.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from . import daemon
 from .cache import BuildError
 from .image import ImagePaths, build_image
 from .launch import GuestBootError, GuestInfo
+from .options import add_vm_commands, guest_options
 from .qemu import QemuError
 
 EXIT_NOT_RUNNING = 3
@@ -44,25 +46,8 @@ def print_info(info: GuestInfo, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vm_images", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="build or reuse the cached guest image")
-    build.add_argument("--cache-dir", type=Path, help="default: $UVMEXEC_IMAGE_CACHE or "
-                       "~/.cache/uvmexec/images")
-    build.add_argument("--project-root", type=Path,
-                       help="tree holding common/ and guest_agent/ (default: this checkout)")
-    build.add_argument("--json", action="store_true", help="print the image manifest as JSON")
-    up = commands.add_parser("up", help="boot the background VM unless one runs")
-    up.add_argument("--memory", type=int, default=512, metavar="MIB")
-    up.add_argument("--cpus", type=int, default=2)
-    up.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for ready")
-    up.add_argument("--image", type=Path,
-                    help="boot this built image directory instead of building the current one")
-    up.add_argument("--json", action="store_true")
-    down = commands.add_parser("down", help="stop the background VM")
-    down.add_argument("--timeout", type=float, default=15.0)
-    status = commands.add_parser("status", help="is the background VM running?")
-    status.add_argument("--json", action="store_true")
+    commands = parser.add_subparsers(dest="command", metavar="{build,up,down,status}", required=True)
+    add_vm_commands(commands)
     args = parser.parse_args(argv)
 
     try:
@@ -75,11 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(image.directory)
         elif args.command == "up":
             chosen = ImagePaths.from_directory(args.image) if args.image else None
-            info = daemon.up(chosen, memory_mb=args.memory, cpus=args.cpus, accel=args.accel,
-                             ready_timeout=args.timeout)
+            info = daemon.up(chosen, **guest_options(args))
             print_info(info, args.json)
         elif args.command == "down":
-            outcome = daemon.down(timeout=args.timeout)
+            outcome = daemon.down(timeout=args.stop_timeout)
             print("not running" if outcome is None else f"stopped ({outcome})")
         else:
             found = daemon.status()

@@ -7,8 +7,9 @@ lock file serialises ``up`` and ``down`` between processes.
 
 - ``up()`` returns the running VM's info if one runs, otherwise boots one in
   its own session (it outlives the caller) and returns once it is ready.
-- ``down()`` stops it (QMP quit, then SIGTERM, then SIGKILL) and removes the
-  state; it is a no-op when nothing runs.
+- ``down()`` stops it (QMP quit, then SIGTERM, then SIGKILL), returns once
+  the QEMU process is gone (see ``QemuProcess.stop``) and removes the state;
+  it is a no-op when nothing runs.
 - ``status()`` is the running VM's info, or None.
 
 A VM is "running" only if its recorded pid is alive and still the QEMU that

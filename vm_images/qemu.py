@@ -10,12 +10,16 @@ serial console in a file and QMP on a unix socket.
 ``QemuProcess`` tracks the process through a pidfd, so waits are blocking
 waits with timeouts and a signal can never hit a recycled pid. ``stop()``
 asks QMP to quit, then escalates to SIGTERM and SIGKILL, each with its own
-deadline, and reaps the process when it is our child.
+deadline, and returns only once the process is gone from the process table:
+reaped by us when it is our child; otherwise (a daemonized QEMU belongs to
+init or a subreaper) once its parent has reaped it, which the pidfd reports
+as POLLHUP on Linux 6.9 and later (on older kernels, once it has exited).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -37,6 +41,8 @@ KERNEL_APPEND = ("console=ttyS0 quiet panic=-1 uvm.root=/dev/vda "
                  "pci=noacpi")
 UNIX_PATH_MAX = 107
 DAEMONIZE_TIMEOUT = 30.0
+# How long stop() waits for another process (init, a subreaper) to reap a QEMU that has exited.
+REAP_TIMEOUT = 5.0
 HOSTFWD_FAILURE = "Could not set up host forwarding rule"
 
 
@@ -199,14 +205,40 @@ class QemuProcess:
         except ProcessLookupError:
             pass
 
+    def wait_reaped(self, timeout: float) -> bool:
+        """Block until the exited process is gone from the process table, or ``timeout`` passed.
+
+        True once it is reaped: by ``wait`` when it is our child, else by its
+        own parent. Where the kernel cannot tell (before Linux 6.9), True once
+        it has exited.
+        """
+        if not self.wait(timeout):
+            return False
+        if self._popen is not None or self._pidfd is None or not PIDFD_REPORTS_REAPING:
+            return True
+        poller = select.poll()
+        # No events asked for: poll still reports POLLHUP, which a pidfd shows once its process is reaped.
+        poller.register(self._pidfd, 0)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+
     def stop(self, timeout: float = 10.0) -> str:
         """End QEMU: QMP quit, then SIGTERM, then SIGKILL; return which one worked.
 
-        Each stage gets its share of ``timeout``. Raises QemuError only if
-        even SIGKILL did not end the process.
+        Each stage gets its share of ``timeout``; then up to REAP_TIMEOUT more
+        for the process to be reaped (see the module's docstring). Raises
+        QemuError only if even SIGKILL did not end the process.
         """
-        if self.wait(0):
+        try:
+            outcome = self._end(timeout)
+            if not self.wait_reaped(REAP_TIMEOUT):
+                outcome += (f"; pid {self.pid} is left a zombie: its parent has not reaped it "
+                            f"in {REAP_TIMEOUT:g}s")
+            return outcome
+        finally:
             self.close()
+
+    def _end(self, timeout: float) -> str:
+        if self.wait(0):
             return "already exited"
         share = timeout / 3
         try:
@@ -215,12 +247,10 @@ class QemuProcess:
         except QmpError:
             pass  # QEMU may close the monitor before it answers quit
         if self.wait(share):
-            self.close()
             return "quit"
         for signum, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGKILL, "SIGKILL")):
             self.signal(signum)
             if self.wait(share):
-                self.close()
                 return name
         raise QemuError(f"QEMU pid {self.pid} survived SIGKILL for {share:.0f}s")
 
@@ -228,3 +258,12 @@ class QemuProcess:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+
+def _pidfd_reports_reaping(release: str) -> bool:
+    """Whether this kernel's pidfds poll POLLHUP once their process is reaped (Linux 6.9 and later)."""
+    version = re.match(r"(\d+)\.(\d+)", release)
+    return version is not None and (int(version[1]), int(version[2])) >= (6, 9)
+
+
+PIDFD_REPORTS_REAPING = _pidfd_reports_reaping(os.uname().release)

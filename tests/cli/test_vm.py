@@ -1,11 +1,17 @@
-"""``uvmexec run --vm`` end to end: boots the background VM (a private state directory) and runs in it."""
+"""``uvmexec run --vm`` and ``uvmexec vm up|down`` end to end, with the background VM in a private state directory."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
+import signal
+from pathlib import Path
 
 import pytest
+
+from vm_images.qemu import PIDFD_REPORTS_REAPING
 
 from .helpers import cli_env, run_cli
 
@@ -30,3 +36,42 @@ def test_run_vm_boots_a_vm_and_runs_in_it(tmp_path):
         down = run_cli(["vm", "down"], tmp_path, env=env, timeout=60)
     assert down.returncode == 0, down.stderr
     assert run_cli(["vm", "status"], tmp_path, env=env).returncode == 3
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(600)
+def test_vm_down_returns_only_once_qemu_is_gone(tmp_path):
+    env = cli_env(tmp_path, UVMEXEC_VM_STATE=str(tmp_path / "vm"))
+    up = run_cli(["vm", "up", "--json", "--memory", "512", "--cpus", "2", "--boot-timeout", "300"], tmp_path,
+                 env=env, timeout=540)
+    assert up.returncode == 0, up.stderr
+    pid = json.loads(up.stdout)["pid"]
+    # A handle on this very process: what it says cannot be about a recycled pid.
+    pidfd = os.pidfd_open(pid)
+    try:
+        down = run_cli(["vm", "down"], tmp_path, env=env, timeout=60)
+        assert (down.returncode, down.stdout) == (0, b"stopped (quit)\n"), down.stderr
+        assert _exited(pidfd), _proc_state(pid)
+        if PIDFD_REPORTS_REAPING:  # a kernel that can tell: not merely exited, reaped (no zombie left)
+            reaped = select.poll()
+            reaped.register(pidfd, 0)  # no events asked for: only POLLHUP, a reaped process's pidfd reports it
+            assert reaped.poll(0) == [(pidfd, select.POLLHUP)], _proc_state(pid)
+            assert not os.path.exists(f"/proc/{pid}"), _proc_state(pid)
+    finally:
+        if not _exited(pidfd):  # a failure above: leave no VM behind
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        run_cli(["vm", "down"], tmp_path, env=env, timeout=60)
+
+
+def _exited(pidfd: int) -> bool:
+    exited = select.poll()
+    exited.register(pidfd, select.POLLIN)
+    return bool(exited.poll(0))
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return "state: " + Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import zmq.auth
 
-from host_proxy.cli_embedded import read_line
+from host_proxy.cli.embedded import read_line
 from tests.support.procs import descendants, kill_and_wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,9 +1,10 @@
 """Every ``uvmexec`` command line option, and nothing heavier than argparse.
 
 Promise: :func:`build_parser` parses a command line into a namespace whose
-``handler`` names the function that runs it (``"module:function"``, imported
-only then) — so ``uvmexec run`` can start its private agent before it pays
-for importing ZeroMQ and the client, and the two overlap. Usage errors exit
+``handler`` names the function that runs it (``"module:function"``, a module
+of this package imported only then; ``":function"`` is one of the package's
+own) — so ``uvmexec run`` can start its private agent before it pays for
+importing ZeroMQ and the client, and the two overlap. Usage errors exit
 125 with a pointer to ``--help``, as docker's do.
 """
 
@@ -12,10 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import NoReturn
 
-from .cli_errors import EXIT_CODE_TABLE, Exit
+from .errors import EXIT_CODE_TABLE, Exit
 
 DEFAULT_TASK = "uvmexec"
 DEFAULT_TIMEOUT = 10.0
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Make agent.key(_secret), client.key(_secret) and "
                                              "authorized_keys/ in DIR (never overwriting).")
     keygen.add_argument("directory", metavar="DIR")
-    keygen.set_defaults(handler="cli:keygen_command")
+    keygen.set_defaults(handler=":keygen_command")
     _add_vm(commands)
     for sub in commands.choices.values():
         sub.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -98,7 +98,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--id", dest="exec_id", metavar="EXEC", help="exec id (default run-PID-RANDOM)")
     add_connection_options(run, embedded=True)
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
-    run.set_defaults(handler="cli_run:run_command")
+    run.set_defaults(handler="run:run_command")
 
 
 def _add_ps(commands: argparse._SubParsersAction) -> None:
@@ -106,36 +106,23 @@ def _add_ps(commands: argparse._SubParsersAction) -> None:
                              description="List the execs an agent tracks, whoever created them.")
     ps.add_argument("--json", action="store_true", help="print JSON")
     add_connection_options(ps, embedded=False)
-    ps.set_defaults(handler="cli_ps:ps_command")
+    ps.set_defaults(handler="ps:ps_command")
     status = commands.add_parser("status", help="show one exec's status",
                                  description="Show one exec's status: TASK/EXEC, or an exec id "
                                              "that only one task uses.")
     status.add_argument("exec_ref", metavar="TASK/EXEC")
     status.add_argument("--json", action="store_true", help="print JSON")
     add_connection_options(status, embedded=False)
-    status.set_defaults(handler="cli_ps:status_command")
+    status.set_defaults(handler="ps:status_command")
 
 
 def _add_vm(commands: argparse._SubParsersAction) -> None:
+    from vm_images.options import add_vm_commands  # argparse only: the options 'python -m vm_images' has
+
     vm = commands.add_parser("vm", help="build, boot, stop or inspect the background VM",
-                             description="The background VM that 'uvmexec run --vm' uses.")
+                             description="The background VM that 'uvmexec run --vm' uses "
+                                         "(the commands and options of 'python -m vm_images').")
     actions = vm.add_subparsers(dest="vm_command", metavar="{build,up,down,status}", parser_class=Parser)
     actions.required = True
-    build = actions.add_parser("build", help="build or reuse the cached guest image (needs root)")
-    build.add_argument("--cache-dir", type=Path,
-                       help="default: $UVMEXEC_IMAGE_CACHE or ~/.cache/uvmexec/images")
-    build.add_argument("--json", action="store_true", help="print the image manifest as JSON")
-    up = actions.add_parser("up", help="boot the background VM unless one runs")
-    up.add_argument("--memory", type=int, default=512, metavar="MIB")
-    up.add_argument("--cpus", type=int, default=2)
-    up.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    up.add_argument("--boot-timeout", type=float, default=90.0, metavar="SECONDS",
-                    help="seconds to wait for the agent (default 90)")
-    up.add_argument("--image", type=Path, help="boot this built image directory")
-    up.add_argument("--json", action="store_true")
-    down = actions.add_parser("down", help="stop the background VM")
-    down.add_argument("--stop-timeout", type=float, default=15.0, metavar="SECONDS")
-    status = actions.add_parser("status", help="is the background VM running? (exit 3 if not)")
-    status.add_argument("--json", action="store_true")
-    for parser in (vm, build, up, down, status):
-        parser.set_defaults(handler="cli_vm:vm_command")
+    for parser in (vm, *add_vm_commands(actions).values()):
+        parser.set_defaults(handler="vm:vm_command")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, cast
 
-from .cli_errors import CliError, Exit
+from .errors import CliError, Exit
 
 _SPINNER = "|/-\\"
 
@@ -115,12 +115,13 @@ class ProgressDisplay:
         self.close()
 
 
-def _build(display: ProgressDisplay, cache_dir: Path | None = None) -> Any:
+def _build(display: ProgressDisplay, cache_dir: Path | None = None, project_root: Path | None = None) -> Any:
     import vm_images
 
     display.status("checking the guest image (a first build takes about a minute)")
     try:
-        image = vm_images.build_image(cache_dir=cache_dir, progress=vm_images.Progress(stream=cast(IO[str], display)))
+        image = vm_images.build_image(cache_dir=cache_dir, project_root=project_root,
+                                      progress=vm_images.Progress(stream=cast(IO[str], display)))
     except vm_images.BuildError as error:
         raise CliError(f"cannot build the guest image: {error}", Exit.FAILED) from None
     except PermissionError as error:
@@ -156,15 +157,15 @@ def running_or_booted(progress: bool = True, **options: Any) -> Any:
 def vm_command(args: argparse.Namespace) -> int:
     import vm_images
     from vm_images.__main__ import print_info  # the exact output of 'python -m vm_images'
+    from vm_images.options import guest_options
 
     if args.vm_command == "build":
         with ProgressDisplay() as display:
-            image = _build(display, args.cache_dir)
+            image = _build(display, args.cache_dir, args.project_root)
         print(json.dumps({"directory": str(image.directory), **image.manifest()}, indent=2)
               if args.json else image.directory)
     elif args.vm_command == "up":
-        options: dict[str, Any] = {"memory_mb": args.memory, "cpus": args.cpus, "accel": args.accel,
-                                   "ready_timeout": args.boot_timeout}
+        options = guest_options(args)
         if args.image:
             options["image"] = vm_images.ImagePaths.from_directory(args.image)
         print_info(running_or_booted(**options), args.json)

@@ -18,8 +18,8 @@ from typing import Any
 
 from common.state import ExecState, ExecStatus
 
-from . import cli_connect
-from .cli_errors import CliError, Exit, classify
+from . import connect
+from .errors import CliError, Exit, classify
 
 
 def status_json(status: ExecStatus) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def status_json(status: ExecStatus) -> dict[str, Any]:
 
 
 def _list(args: argparse.Namespace) -> tuple[list[ExecStatus], str]:
-    with cli_connect.connect(args, allow_embedded=False, debug=args.debug) as target:
+    with connect.connect(args, allow_embedded=False, debug=args.debug) as target:
         try:
             return target.client.list_execs(), target.where
         except Exception as error:

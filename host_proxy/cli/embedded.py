@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from .cli_errors import CliError, Exit
+from .errors import CliError, Exit
 
 READY_PREFIX = b"uvm-agent ready "
 PR_SET_PDEATHSIG = 1

@@ -43,13 +43,13 @@ from common import ExecState, ProcessSpec, Stdio, User
 from common.errors import ExecError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from common.spec import DEFAULT_PATH
 
-from . import cli_connect
-from .cli_args import is_embedded
-from .cli_errors import CliError, Exit, classify, classify_start
-from .cli_signals import EVENT_BROKEN_PIPE, EVENT_EXITED, SignalRelay
-from .cli_stdio import FdReader, FdWriter
-from .cli_terminal import RawMode, terminal_fd, window_size
-from .proxied_exec import ProxiedExec
+from ..proxied_exec import ProxiedExec
+from . import connect
+from .args import is_embedded
+from .errors import CliError, Exit, classify, classify_start
+from .signals import EVENT_BROKEN_PIPE, EVENT_EXITED, SignalRelay
+from .stdio import FdReader, FdWriter
+from .terminal import RawMode, terminal_fd, window_size
 
 log = logging.getLogger("uvmexec")
 
@@ -116,7 +116,7 @@ def run_command(args: argparse.Namespace) -> int:
     own_relay = given is None
     relay = SignalRelay().install() if given is None else given
     try:
-        with cli_connect.connect(args, allow_embedded=True, debug=args.debug, progress=sys.stderr.isatty(),
+        with connect.connect(args, allow_embedded=True, debug=args.debug, progress=sys.stderr.isatty(),
                                  private_agent=getattr(args, "private_agent", None)) as target:
             return _run(target, args, spec, exec_id, relay, local_tty)
     finally:
@@ -124,7 +124,7 @@ def run_command(args: argparse.Namespace) -> int:
             relay.uninstall()
 
 
-def _run(target: cli_connect.Target, args: argparse.Namespace, spec: ProcessSpec, exec_id: str,
+def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, exec_id: str,
          relay: SignalRelay, local_tty: int | None) -> int:
     reader = FdReader(0) if args.interactive else None
     out = FdWriter(1, on_broken=lambda: relay.post(EVENT_BROKEN_PIPE))

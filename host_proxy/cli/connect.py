@@ -1,9 +1,9 @@
 """Which agent a ``uvmexec`` command talks to, and the connection to it.
 
 Promise: :func:`connect` turns the connection options of DESIGN.md ("Command
-lines and connection options"; defined in :mod:`host_proxy.cli_args`, each
+lines and connection options"; defined in :mod:`host_proxy.cli.args`, each
 with an environment fallback) into an open :class:`AgentClient`
-(a :class:`Target`) or a :class:`~host_proxy.cli_errors.CliError` with a
+(a :class:`Target`) or a :class:`~host_proxy.cli.errors.CliError` with a
 one-line message naming the endpoint and a distinct exit code:
 
 - ``--guest ENDPOINT`` (``$UVMEXEC_GUEST``): ``ipc://``, ``tcp://`` (CURVE keys,
@@ -28,9 +28,9 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .cli_embedded import PrivateAgent
-from .cli_errors import CliError, Exit, classify
-from .client import AgentClient
+from ..client import AgentClient
+from .embedded import PrivateAgent
+from .errors import CliError, Exit, classify
 
 log = logging.getLogger("uvmexec")
 
@@ -60,7 +60,7 @@ def connect(args: argparse.Namespace, *, allow_embedded: bool, debug: bool = Fal
     guest = None if args.vm else _env(args.guest, "UVMEXEC_GUEST")
     if args.vm:
         if allow_embedded:  # run: boot one if none runs
-            from .cli_vm import running_or_booted
+            from .vm import running_or_booted
 
             info = running_or_booted(progress=progress)
         else:  # ps, status: a VM booted just now runs nothing

@@ -9,7 +9,7 @@
     uvmexec vm build | up | down | status
 
 Promise: :func:`main` returns the exit code (the command's own for ``run``;
-see :mod:`host_proxy.cli_errors` for uvmexec's). No Python traceback reaches
+see :mod:`host_proxy.cli.errors` for uvmexec's). No Python traceback reaches
 the user: every failure is one line ``uvmexec: ...`` on stderr; an internal
 error says so and suggests ``--debug`` (or ``UVMEXEC_DEBUG=1``), which shows
 the traceback and the library's debug log.
@@ -31,13 +31,13 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from .cli_args import build_parser, is_embedded
-from .cli_errors import CliError, Exit
-from .cli_signals import SignalRelay, Terminated
+from .args import build_parser, is_embedded
+from .errors import CliError, Exit
+from .signals import SignalRelay, Terminated
 
 
 def keygen_command(args: argparse.Namespace) -> int:
-    from .keys import keygen
+    from ..keys import keygen
 
     try:
         keys = keygen(args.directory)
@@ -56,7 +56,7 @@ def keygen_command(args: argparse.Namespace) -> int:
 
 def _handler(name: str) -> Callable[[argparse.Namespace], int]:
     module_name, _, function = name.partition(":")
-    if module_name == "cli":
+    if not module_name:  # ":function" is one of this module's own
         return globals()[function]
     return getattr(importlib.import_module(f"{__package__}.{module_name}"), function)
 
@@ -81,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         debug = debug or bool(args.debug or getattr(args, "debug_here", False))
         args.debug = debug
         _setup_logging(debug)
-        if args.handler == "cli_run:run_command":
+        if args.handler == "run:run_command":
             # Signals first, so that from here on SIGTERM/SIGHUP unwind through the finally below.
             relay = args.relay = SignalRelay().install()
             if is_embedded(args) and args.command not in ([], ["--"]):
-                from .cli_embedded import PrivateAgent
+                from .embedded import PrivateAgent
 
                 agent = args.private_agent = PrivateAgent(debug=debug).spawn()
         return int(_handler(args.handler)(args))
@@ -123,7 +123,3 @@ def _say(message: str) -> None:
         print(f"uvmexec: {message}", file=sys.stderr, flush=True)
     except OSError:
         pass
-
-
-if __name__ == "__main__":
-    sys.exit(main())
