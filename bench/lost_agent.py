@@ -19,8 +19,9 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 
-from common import ExecState, ProcessSpec, Stdio
+from common import Exec, ExecState, ProcessSpec, Stdio
 from host_proxy import AgentClient, LocalExec
 
 from .measure import Options, interleave
@@ -31,10 +32,10 @@ TARGET = Target("<=", 2.0)
 SPEC = ProcessSpec(args=["sleep", "1000"])
 
 
-def _reader(made: object) -> object:
+def _reader(made: Exec) -> Callable[[], None]:
     def once() -> None:
-        status = made.status()  # type: ignore[attr-defined]
-        if status.status is not ExecState.RUNNING or made.pid != status.pid or made.state is not status.status:  # type: ignore[attr-defined]
+        status = made.status()
+        if status.status is not ExecState.RUNNING or made.pid != status.pid or made.state is not status.status:
             raise RuntimeError(f"{made!r}: not running: {status}")
 
     return once
