@@ -273,6 +273,8 @@ class Connection:
             self.request(op, fields, future)
             future.add_done_callback(lambda done: done.exception())
         self.forget(remote)
+        log.warning("exec %s: its create got no answer, but the agent has it after all; ended and deleted it there",
+                    remote.label)
 
     def forget(self, remote: RemoteExec) -> None:
         """Stop routing anything to this exec and drop what is queued for it."""
@@ -436,7 +438,7 @@ class Connection:
     def _agent_restarted(self, boot_id: str) -> None:
         why = f"the agent at {self.display} restarted (boot {self.boot_id} -> {boot_id})"
         for handle, remote in list(self.execs.items()):
-            if remote.on_agent:  # the ones still only here are unaffected; they start on the new agent
+            if remote.on_agent or remote.abandoned:  # the ones still only here start on the new agent
                 remote.force_locally(255, why)
                 del self.execs[handle]
         self._fail_all(UnavailableError(why))
@@ -447,7 +449,7 @@ class Connection:
         # The agent may know an exec whose create was sent but not answered (the reply lost in the
         # cut): ask about it too, or its start, output and exit would never be replayed.
         live = [remote for remote in self.execs.values()
-                if remote.final is None and (remote.on_agent or remote.create_sent)]
+                if (remote.final is None or remote.abandoned) and (remote.on_agent or remote.create_sent)]
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.request("resync", {"execs": [{"h": remote.handle, "acked": remote.acked()} for remote in live]},
                      future, internal=True)

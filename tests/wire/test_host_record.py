@@ -6,14 +6,17 @@ containerd calls ``State`` whenever it likes, and hcsshim serves ``Pid``, ``Stat
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import threading
 
 import pytest
 
 from common import ExecExited, ExecState, ProcessSpec, Stdio
-from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
 from host_proxy import AgentClient
+from host_proxy.agent_link import Request
 from tests.conformance.helpers import EventLog
 from tests.support.io import FifoReader
 
@@ -108,3 +111,37 @@ def test_close_io_before_start_gives_the_process_an_empty_stdin(ipc_agent, tmp_p
             made.delete()
     finally:
         os.close(writer)
+
+
+def test_a_creation_that_gets_no_answer_ends_the_exec_and_is_undone_on_the_agent(ipc_agent):
+    """The agent is stopped (SIGSTOP) while start() waits: start() raises UnavailableError and
+    the exec is exited with 1 on the host. When the agent wakes and does the create and start it
+    had queued, the host ends and deletes that exec there: nothing runs that the host disowned."""
+    undone = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "ended and deleted it there" in record.getMessage():
+                undone.set()
+
+    watch = Watch()
+    logging.getLogger("host_proxy.connection").addHandler(watch)
+    try:
+        with AgentClient.connect(ipc_agent.endpoints[0], timeout=1.0, reconnect_timeout=60) as client:
+            made = client.create_exec("t", "late", ProcessSpec(args=["sleep", "1000"]))
+            os.kill(ipc_agent.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(UnavailableError, match="did not answer"):
+                    made.start()
+                status = made.status()
+                assert (status.status, status.exit_status) == (ExecState.EXITED, 1)
+                assert made.wait(timeout=1).exit_status == 1
+                made.delete()
+            finally:
+                os.kill(ipc_agent.pid, signal.SIGCONT)
+            assert undone.wait(30), "the agent's copy was never undone"
+            # Ordered after the undoing requests on the client's connection (on_result: the loop's).
+            listed = client.send([Request("list", {"after": 0}, on_result=lambda _: None)])[0]
+            assert listed["execs"] == []
+    finally:
+        logging.getLogger("host_proxy.connection").removeHandler(watch)
