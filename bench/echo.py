@@ -4,7 +4,7 @@ Run in its own process, as the agent is::
 
     python -m bench.echo --listen ipc:///dir/echo.sock
     python -m bench.echo --listen tcp://127.0.0.1:0 --curve-secret agent.key_secret
-    python -m bench.echo --listen ipc:///dir/echo.sock --loop asyncio   # or uvloop
+    python -m bench.echo --listen ipc:///dir/echo.sock --loop asyncio   # or lean
 
 It prints ``echo ready ENDPOINT`` once bound. With ``--curve-secret`` the
 socket is a CURVE server (every client key is admitted: no ZAP handler, which
@@ -14,8 +14,8 @@ The default (``--loop blocking``) is the least work any msgpack server does
 per request: one blocking receive, one decode, one encode, one send — no
 event loop, no validation. ``--loop asyncio`` serves through the agent's own
 event-loop plumbing (:class:`common.zmqloop.LoopSocket` on an asyncio loop)
-with the same decode and encode, and ``--loop uvloop`` the same on uvloop:
-they measure what the agent's architecture costs before any protocol logic.
+with the same decode and encode: what the agent's architecture costs before
+any protocol logic.
 ``--loop lean`` is the leanest asyncio server (see :func:`serve_lean`): what
 that plumbing could cost.
 """
@@ -52,17 +52,11 @@ def serve_blocking(socket: zmq.Socket) -> None:
         socket.send_multipart([routing_id, packb(unpackb(header))])
 
 
-def serve_loop(socket: zmq.Socket, use_uvloop: bool) -> None:
+def serve_loop(socket: zmq.Socket) -> None:
     """The same echo through :class:`common.zmqloop.LoopSocket`, as the agent receives and sends."""
     from common.zmqloop import LoopSocket
 
-    loop: asyncio.AbstractEventLoop
-    if use_uvloop:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
+    loop = asyncio.new_event_loop()
     packb, unpackb = msgpack.packb, msgpack.unpackb
     listener: LoopSocket
 
@@ -98,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--listen", required=True)
     parser.add_argument("--curve-secret")
-    parser.add_argument("--loop", choices=["blocking", "asyncio", "uvloop", "lean"], default="blocking")
+    parser.add_argument("--loop", choices=["blocking", "asyncio", "lean"], default="blocking")
     args = parser.parse_args()
     socket = _bind(args.listen, args.curve_secret)
     try:
@@ -107,7 +101,7 @@ def main() -> None:
         elif args.loop == "lean":
             serve_lean(socket)
         else:
-            serve_loop(socket, args.loop == "uvloop")
+            serve_loop(socket)
     except KeyboardInterrupt:
         pass
 

@@ -11,8 +11,7 @@
   and waiting on a Future (as ``AgentClient`` does) -> blocking echo: the
   client-side architecture, no protocol;
 - D: C's client -> B's server: the floor of the design;
-- E: ``AgentClient.ping()`` -> the agent; F: ``ProxiedExec.status()`` -> the agent;
-- with uvloop installed, B, C and D again on uvloop.
+- E: ``AgentClient.ping()`` -> the agent; F: ``ProxiedExec.status()`` -> the agent.
 
 For each: median and p99 latency, and the CPU time per round trip burnt by
 the client process and by the server process (``/proc/PID/stat``, all
@@ -22,7 +21,6 @@ status round trip timed alone (codec, status conversion, the thread hop).
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import itertools
 import time
@@ -83,22 +81,8 @@ class LoopPinger:
         self.loop_thread.call(self.socket.close)
 
 
-def uvloop_thread() -> LoopThread | None:
-    """A :class:`LoopThread` running uvloop, or None if uvloop is not installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    previous = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    try:
-        return LoopThread(name="bench-uvloop")
-    finally:
-        asyncio.set_event_loop_policy(previous)
-
-
 def ladder(rounds: int = 20, per_round: int = 200, cpu_calls: int = 5000) -> None:
-    """Print the ladder A..F (and uvloop variants): latency and CPU per round trip."""
+    """Print the ladder A..F: latency and CPU per round trip."""
     from host_proxy.loop_thread import shared_loop
 
     with Services("uvm-bench-ladder-") as services:
@@ -124,13 +108,6 @@ def ladder(rounds: int = 20, per_round: int = 200, cpu_calls: int = 5000) -> Non
             "E AgentClient.ping() -> agent": (agent.client.ping, agent.pid),
             "F ProxiedExec.status() -> agent": (proxied.status, agent.pid),
         }
-        uv_thread = uvloop_thread()
-        if uv_thread is not None:
-            uv_echo = services.echo(services.ipc("echo-uvloop"), loop="uvloop")
-            cases["B' blocking client -> uvloop LoopSocket echo"] = (pinger(uv_echo.endpoint), uv_echo.pid)
-            cases["C' uvloop loop-thread client -> blocking echo"] = (
-                pinger(blocking.endpoint, uv_thread), blocking.pid)
-            cases["D' uvloop loop-thread client -> uvloop echo"] = (pinger(uv_echo.endpoint, uv_thread), uv_echo.pid)
         samples = interleave({name: fn for name, (fn, _) in cases.items()}, rounds=rounds, per_round=per_round,
                              warmup=200)
         cpu = {name: cpu_per_call(fn, pid, cpu_calls) for name, (fn, pid) in cases.items()}
@@ -143,8 +120,6 @@ def ladder(rounds: int = 20, per_round: int = 200, cpu_calls: int = 5000) -> Non
         client_cpu, server_cpu = cpu[name]
         print(f"  {name:50} {median(samples[name]) * 1e6:7.1f}µs {percentile(samples[name], 0.99) * 1e6:7.1f}µs "
               f"{median(samples[name]) / base:5.2f}× {client_cpu * 1e6:9.1f}µs {server_cpu * 1e6:9.1f}µs")
-    if uv_thread is None:
-        print("  (uvloop is not installed: pip install uvloop for the uvloop rows)")
 
 
 def _per_call(fn: Callable[[], object], number: int) -> float:

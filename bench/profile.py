@@ -5,19 +5,16 @@
     python -m bench.profile status|lifecycle|stream [--seconds 10] [--rate 250] [--out DIR] [--native]
     python -m bench.profile guest-status|guest-lifecycle   # the agent in the QEMU guest (bench.guest_profile)
     python -m bench.profile breakdown     # see bench.ladder
-    python -m bench.profile uvloop        # see bench.uvloop_check
 
 A workload runs against a local agent over ipc while ``py-spy record`` samples
 the agent process and this client process (every thread). The summary shows,
 per thread, how busy it was (samples / (rate x seconds)) and the functions
 with the most samples, by self and by inclusive time; the raw collapsed
 stacks are kept in ``--out`` for flame graphs. ``breakdown`` decomposes a
-``status()`` round trip into floors and pieces (:mod:`bench.ladder`);
-``uvloop`` compares the real client and agent on asyncio and uvloop
-(:mod:`bench.uvloop_check`).
+``status()`` round trip into floors and pieces (:mod:`bench.ladder`).
 
-Needs ``py-spy`` (``pip install py-spy``) for the recordings and ``uvloop``
-for the uvloop comparisons; ``breakdown`` runs without either.
+Needs ``py-spy`` (``pip install py-spy``) for the recordings; ``breakdown``
+runs without it.
 """
 
 from __future__ import annotations
@@ -134,8 +131,7 @@ def record(workload: str, seconds: float, rate: int, out_dir: str, native: bool,
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("workload", choices=["status", "lifecycle", "stream", "guest-status", "guest-lifecycle",
-                                             "breakdown", "uvloop", "_driver"])
-    parser.add_argument("loops", nargs="*", help=argparse.SUPPRESS)  # _driver: agent loop, client loop
+                                             "breakdown"])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "uvmexec-bench-profiles"),
@@ -150,19 +146,11 @@ def main() -> None:
         ladder()
         print("\npieces of one status() round trip, timed alone:")
         pieces()
-    elif args.workload == "uvloop":
-        from .uvloop_check import compare
-
-        compare()
     elif args.workload.startswith("guest-"):
         from .guest_profile import profile_guest
 
         profile_guest(args.workload.removeprefix("guest-"), max(args.seconds, 20.0), min(args.rate, 100),
                       args.out, args.top, args.native)
-    elif args.workload == "_driver":
-        from .uvloop_check import driver
-
-        driver(*args.loops)
     else:
         record(args.workload, args.seconds, args.rate, args.out, args.native, args.top)
 

@@ -1,10 +1,10 @@
 """Local processes the host-side benchmarks talk to, each in its own process as the agent is.
 
-Agents are the project's real ``python -m guest_agent`` (started like the test
-suite's :class:`~tests.support.agent.AgentProcess`, or through a launcher
-module); the raw baselines are :mod:`bench.echo` and :mod:`bench.rawpipe`.
-All are started, waited for (their ``ready`` line) and stopped the same way,
-and :class:`Services` stops everything it started.
+Agents are the project's real ``python -m guest_agent``; the raw baselines are
+:mod:`bench.echo` and :mod:`bench.rawpipe`. All are started, waited for (their
+``ready`` line) and stopped the same way, and :class:`Services` stops
+everything it started. The benchmarks own these launchers: ``bench`` never
+imports the test suite.
 """
 
 from __future__ import annotations
@@ -17,11 +17,35 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import zmq.auth
+
 from host_proxy import AgentClient
 from host_proxy.cli.embedded import read_line
-from tests.support.agent import ROOT, AgentProcess, Keys
 
 from .measure import private_directory
+
+#: The repository root: ``python -m`` runs the benchmark servers from there.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Keys:
+    """A CURVE key set as ``uvmexec keygen`` makes it: the agent's, and one authorized client's."""
+
+    agent_public: str
+    agent_secret: str
+    client_secret: str
+    authorized: str
+
+    @classmethod
+    def create(cls, directory: str) -> Keys:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        agent_public, agent_secret = zmq.auth.create_certificates(directory, "agent")
+        client_public, client_secret = zmq.auth.create_certificates(directory, "client")
+        authorized = os.path.join(directory, "authorized")
+        os.makedirs(authorized, mode=0o700, exist_ok=True)
+        shutil.copy(client_public, authorized)
+        return cls(agent_public, agent_secret, client_secret, authorized)
 
 
 class ServerProcess:
@@ -52,6 +76,17 @@ class ServerProcess:
             self.process.stdout.close()
 
 
+class AgentServer(ServerProcess):
+    """``python -m guest_agent`` listening on ``listen``; ``endpoints`` are where it is bound.
+
+    Stopped with SIGTERM, on which the agent kills the processes it still runs.
+    """
+
+    def __init__(self, listen: str, extra: list[str]) -> None:
+        super().__init__("guest_agent", ["--log-level", "WARNING", "--listen", listen, *extra], "uvm-agent ready ")
+        self.endpoints = self.ready_line.split()[2:]
+
+
 class EchoServer(ServerProcess):
     """``python -m bench.echo`` on one endpoint (``loop``: see :mod:`bench.echo`)."""
 
@@ -67,7 +102,7 @@ class EchoServer(ServerProcess):
 class LocalAgent:
     """A running agent and a client connected to it."""
 
-    process: AgentProcess
+    process: AgentServer
     client: AgentClient
     endpoint: str
 
@@ -94,19 +129,14 @@ class Services:
     def ipc(self, name: str) -> str:
         return f"ipc://{self.directory}/{name}.sock"
 
-    def agent(self, listen: str, *, curve: bool = False, insecure: bool = False,
-              module: str = "guest_agent") -> LocalAgent:
-        """Start an agent on ``listen`` and connect a client to it (CURVE or plaintext on tcp).
-
-        ``module`` is what ``python -m`` runs: the agent itself, or a launcher of it
-        (:mod:`bench.uvloop_agent`).
-        """
+    def agent(self, listen: str, *, curve: bool = False, insecure: bool = False) -> LocalAgent:
+        """Start an agent on ``listen`` and connect a client to it (CURVE or plaintext on tcp)."""
         extra: list[str] = []
         if curve:
             extra = ["--server-key", self.keys.agent_secret, "--authorized-keys", self.keys.authorized]
         elif insecure:
             extra = ["--insecure"]
-        process = AgentProcess([listen], extra, module=module).start()
+        process = AgentServer(listen, extra)
         self._stack.callback(process.stop)
         endpoint = process.endpoints[0]
         if curve:

@@ -670,7 +670,9 @@ def _watch_send_windows(transport: paramiko.Transport, on_window_adjust: Callabl
     """Call ``on_window_adjust`` (on paramiko's thread) whenever a channel's send window grows.
 
     paramiko has no fd or callback for that (``Channel.fileno()`` only signals
-    readability), so wrap its per-message handler on this one transport.
+    readability), so wrap its per-message handler on this one transport. That
+    table is private: tests/ssh/test_paramiko_private.py fails if paramiko
+    changes it, and pyproject.toml pins paramiko to the versions it passed on.
     """
     table = dict(transport._channel_handler_table)
     handle = table[MSG_CHANNEL_WINDOW_ADJUST]

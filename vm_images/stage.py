@@ -40,7 +40,7 @@ def install_file(stage: Path, guest_path: str, data: bytes, mode: int = 0o644) -
 
 
 def agent_command() -> str:
-    """The agent's command line as the guest's PID 1 runs it (the CLI of DESIGN.md)."""
+    """The agent's command line as the guest's PID 1 runs it (``uvm-agent``'s options, as README.md lists them)."""
     keys = settings.GUEST_KEY_DIR
     return (f"python3 -m guest_agent --listen tcp://0.0.0.0:{settings.AGENT_PORT}"
             f" --server-key {keys}/agent.key_secret --authorized-keys {keys}/authorized_keys")

@@ -33,6 +33,7 @@ from host_proxy import AgentClient
 from tests.conformance.helpers import EventLog
 from tests.reliability.fuzzing import RawSession
 from tests.reliability.helpers import (
+    RELEASE_TIMEOUT,
     FreezableRelay,
     assert_clean,
     connect_tcp,
@@ -41,8 +42,8 @@ from tests.reliability.helpers import (
     footprint,
     poll_agent,
     processes_of_uid,
-    settle,
     wait_agent_read_all,
+    wait_for_footprint,
     warm_up,
 )
 from tests.support.agent import ROOT, AgentProcess, Keys, free_port, tcp_address
@@ -186,8 +187,7 @@ def test_random_cuts_under_a_mixed_concurrent_workload_lose_nothing(tcp_agent, r
             assert client.reconnects >= cuts >= MIN_CUTS, (cuts, client.reconnects)
             broken = {job.name: job.problems for job in jobs if job.problems}
             assert not broken, f"{len(broken)} of {len(jobs)} execs lost something over {cuts} cuts: {broken}"
-        # The client is gone: the agent lets go of its connections on its own time.
-        poll_agent(lambda: footprint(observer, tcp_agent.pid).fds <= baseline.fds, 20, "the client's fds closed")
+        # The client is gone: the agent lets go of its connections on its own time (assert_clean waits).
         assert_clean(observer, tcp_agent.pid, baseline)
 
 
@@ -607,11 +607,12 @@ def test_a_grandchild_holding_stdout_forever_costs_one_drain_timeout(ipc_agent, 
         assert 0.5 <= waited < 20, waited
         assert proc_alive(grandchild), "the grandchild still runs"
         made.delete()
-        held = footprint(client, ipc_agent.pid)
+        held = wait_for_footprint(client, ipc_agent.pid,
+                                  lambda seen: seen.fds <= baseline.fds and seen.execs == 0 and seen.watched == 0)
         assert held.fds <= baseline.fds and held.execs == 0 and held.watched == 0, held
     finally:
         kill_and_wait([grandchild])
-    settle(client)
+    poll_agent(lambda: client.stats()["orphans_reaped"] > orphans_before, RELEASE_TIMEOUT, "the grandchild reaped")
     assert zombies(ipc_agent.pid) == []
     assert client.stats()["orphans_reaped"] == orphans_before + 1
     assert_clean(client, ipc_agent.pid, baseline)
@@ -745,7 +746,8 @@ def test_a_routing_id_taken_over_by_a_new_connection_neither_kills_nor_leaks(tra
             with pytest.raises(subprocess.TimeoutExpired):
                 agent.process.wait(5)  # type: ignore[union-attr]
             observer.ping()
-            poll_agent(lambda: footprint(observer, agent.pid).fds <= baseline.fds, 10, "closed connections let go")
+            now = wait_for_footprint(observer, agent.pid, lambda seen: seen.fds <= baseline.fds)
+            assert now.fds <= baseline.fds, f"closed connections not let go: {baseline} -> {now}"
     finally:
         context.destroy(linger=0)
         if relay is not None:
