@@ -1,7 +1,7 @@
 """Which agent a ``uvmexec`` command talks to, and the connection to it.
 
-Promise: :func:`connect` turns the connection options of DESIGN.md ("Command
-lines and connection options"; defined in :mod:`host_proxy.cli.args`, each
+Promise: :func:`connect` turns the connection options README.md documents ("The
+command line"; defined in :mod:`host_proxy.cli.args`, each
 with an environment fallback) into an open :class:`AgentClient`
 (a :class:`Target`) or a :class:`~host_proxy.cli.errors.CliError` with a
 one-line message naming the endpoint and a distinct exit code:

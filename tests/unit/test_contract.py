@@ -16,7 +16,7 @@ from common.errors import (
 )
 
 
-def test_invalid_state_error_is_the_seed_message():
+def test_invalid_state_error_is_hcsshims_message():
     error = invalid_state_error("t1", "e1", ExecState.RUNNING, "start")
     assert str(error) == "exec: 'e1' in task: 't1' is in invalid state: 'running' for start"
 

@@ -1,4 +1,4 @@
-"""The public names DESIGN.md promises are importable from where it says."""
+"""The public names CONTRACT.md lists ("The types") are importable from where it says."""
 
 from __future__ import annotations
 

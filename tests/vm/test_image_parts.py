@@ -29,7 +29,7 @@ def test_every_module_is_either_a_build_input_or_launcher_only() -> None:
     assert present == set(BUILD_SOURCES) | set(LAUNCH_SOURCES)
 
 
-def test_pid1_runs_the_agent_command_line_of_the_design() -> None:
+def test_pid1_runs_the_agent_command_line_the_readme_documents() -> None:
     script = render((GUEST_FILES / "uvm-init.sh").read_text())
     assert ("python3 -m guest_agent --listen tcp://0.0.0.0:5555 --server-key "
             "/etc/uvmexec/agent.key_secret --authorized-keys /etc/uvmexec/authorized_keys"
