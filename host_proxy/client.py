@@ -2,7 +2,8 @@
 
 Thread-safe and synchronous: every call is handed to the shared background
 loop (see :mod:`host_proxy.loop_thread`), which owns the ZeroMQ socket.
-Endpoints: ``ipc:///path`` (a socket in a private directory), ``tcp://host:port``
+Endpoints: ``ipc:///path`` (a socket in a private directory, checked before connecting:
+see :mod:`common.trust`), ``tcp://host:port``
 (CURVE: the agent's public key is pinned, ours is presented; plaintext only
 with ``insecure=True``), and ``ssh://user@host:port`` (an SSH tunnel made with
 paramiko; see :mod:`host_proxy.ssh_tunnel`).
@@ -30,6 +31,7 @@ from common.errors import (
 from common.spec import ProcessSpec, Stdio
 from common.state import ExecEvent, ExecStatus
 from common.supervisor import DEFAULT_DRAIN_TIMEOUT
+from common.trust import UntrustedPathError, check_ipc_endpoint
 
 from .agent_link import AgentLink, Request
 from .connection import Connection, CurveKeys
@@ -38,6 +40,14 @@ from .loop_thread import LoopThread, shared_loop
 from .proxied_exec import ProxiedExec
 from .remote_exec import RemoteExec
 from .stdio import StdioEnds, check_creation, check_exec_ids, open_stdio
+
+
+def check_ipc(endpoint: str) -> None:
+    """Refuse an ipc endpoint another local user could have bound (see :mod:`common.trust`)."""
+    try:
+        check_ipc_endpoint(endpoint)
+    except UntrustedPathError as error:
+        raise InvalidArgumentError(str(error)) from None
 
 
 def load_curve_keys(server_key: str | os.PathLike[str], client_key: str | os.PathLike[str]) -> CurveKeys:
@@ -110,7 +120,9 @@ class AgentClient(AgentLink):
                 raise InvalidArgumentError(
                     f"{endpoint}: tcp needs server_key and client_key (CURVE), or insecure=True"
                 )
-        elif not endpoint.startswith("ipc://"):
+        elif endpoint.startswith("ipc://"):
+            check_ipc(endpoint)  # before connecting: whoever could swap the socket gets nothing
+        else:
             raise InvalidArgumentError(f"unsupported endpoint {endpoint!r}: use ipc://, tcp:// or ssh://")
         loop_thread = shared_loop()
         connection = Connection(loop_thread, zmq_endpoint, display=endpoint, curve=curve, timeout=timeout,
