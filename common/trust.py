@@ -66,7 +66,7 @@ def check_ipc_endpoint(endpoint: str, *, create: bool = False) -> str:
         raise UntrustedPathError(f"{what}: {_show(real)} is not a directory")
     if status.st_uid != uid:
         raise UntrustedPathError(
-            f"{what}: {_show(real)} is owned by {_who(status.st_uid)}, not by you (uid {uid}); "
+            f"{what}: {_show(real)} is owned by {who(status.st_uid)}, not by you (uid {uid}); "
             "put the socket in a directory of your own with mode 0700")
     if status.st_mode & 0o077:
         raise UntrustedPathError(
@@ -84,11 +84,12 @@ def check_ipc_endpoint(endpoint: str, *, create: bool = False) -> str:
     return socket_path
 
 
-def trusted_file(path: str | os.PathLike[str], *, what: str) -> tuple[str, os.stat_result]:
+def trusted_file(path: str | os.PathLike[str], *, what: str, secret: bool = False) -> tuple[str, os.stat_result]:
     """``(real path, status)`` of a key file whose whole path is trusted; else UntrustedPathError.
 
-    The file is regular, owned by root or us and not writable by group or others.
-    Whether it may be readable by them is the caller's to decide (:func:`require_secret`).
+    The file is regular, owned by root or us and not writable by group or others (``secret``:
+    one meant to hold a secret, so the fix named is ``chmod 600``). Whether it may be readable
+    by them is the caller's to decide once it knows what the file holds (:func:`require_secret`).
     """
     real, status = _walk(os.fspath(path), what, follow=True, create=False)
     if not stat.S_ISREG(status.st_mode):
@@ -97,7 +98,7 @@ def trusted_file(path: str | os.PathLike[str], *, what: str) -> tuple[str, os.st
     if status.st_mode & 0o022:
         raise UntrustedPathError(
             f"{what}: {_show(real)} is writable by others (mode {stat.S_IMODE(status.st_mode):04o}); "
-            f"chmod go-w {_show(real)}")
+            f"{'chmod 600' if secret else 'chmod go-w'} {_show(real)}")
     return real, status
 
 
@@ -218,11 +219,12 @@ def _check_owner(path: str, status: os.stat_result, what: str) -> None:
     uid = os.geteuid()
     if status.st_uid not in (0, uid):
         raise UntrustedPathError(
-            f"{what}: {_show(path)} is owned by {_who(status.st_uid)}, who could replace what it holds; "
+            f"{what}: {_show(path)} is owned by {who(status.st_uid)}, who could replace what it holds; "
             f"only root and you (uid {uid}) may own it: use another path or chown it")
 
 
-def _who(uid: int) -> str:
+def who(uid: int) -> str:
+    """``uid 65534 (nobody)``: a uid as messages name it."""
     try:
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
     except KeyError:

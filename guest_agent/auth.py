@@ -15,6 +15,7 @@ import os
 import zmq
 import zmq.auth
 
+from common.trust import UntrustedPathError, require_secret, trusted_file, trusted_key_directory
 from common.zmqloop import LoopSocket
 
 log = logging.getLogger(__name__)
@@ -27,29 +28,44 @@ class KeyFileError(ValueError):
 
 
 def load_server_secret(path: str) -> tuple[bytes, bytes]:
-    """``(public, secret)`` z85 keys from a zmq.auth secret certificate file."""
+    """``(public, secret)`` z85 keys from a zmq.auth secret certificate file that only root or
+    we can change and nobody else can read (see :mod:`common.trust`)."""
     try:
-        public, secret = zmq.auth.load_certificate(path)
+        real, status = trusted_file(path, what="--server-key", secret=True)
+        public, secret = zmq.auth.load_certificate(real)
+    except UntrustedPathError as error:
+        raise KeyFileError(str(error)) from None
     except (OSError, ValueError) as error:
         raise KeyFileError(f"cannot read server key {path!r}: {error}") from None
     if secret is None:
         raise KeyFileError(f"{path!r} holds no secret key (give the *.key_secret file)")
+    try:
+        require_secret(real, status, what="--server-key")
+    except UntrustedPathError as error:
+        raise KeyFileError(str(error)) from None
     return public, secret
 
 
 def load_authorized_keys(directory: str) -> set[bytes]:
-    """The raw 32-byte public keys of every ``*.key`` certificate in ``directory``."""
+    """The raw 32-byte public keys of every ``*.key`` certificate in ``directory``; the directory
+    and every key in it must be writable by nobody but root or us (see :mod:`common.trust`)."""
     try:
-        names = sorted(os.listdir(directory))
+        real_directory = trusted_key_directory(directory, what="--authorized-keys")
+        names = sorted(os.listdir(real_directory))
+    except UntrustedPathError as error:
+        raise KeyFileError(str(error)) from None
     except OSError as error:
         raise KeyFileError(f"cannot read authorized keys directory {directory!r}: {error.strerror}") from None
     keys: set[bytes] = set()
     for name in names:
         if not name.endswith(".key"):
             continue
-        path = os.path.join(directory, name)
+        path = os.path.join(real_directory, name)
         try:
-            public, _ = zmq.auth.load_certificate(path)
+            real, _ = trusted_file(path, what="--authorized-keys")
+            public, _ = zmq.auth.load_certificate(real)
+        except UntrustedPathError as error:
+            raise KeyFileError(str(error)) from None
         except (OSError, ValueError) as error:
             raise KeyFileError(f"cannot read authorized key {path!r}: {error}") from None
         keys.add(zmq.utils.z85.decode(public))

@@ -25,7 +25,7 @@ from common.errors import InvalidArgumentError
 from host_proxy import AgentClient
 from host_proxy.cli.embedded import read_line
 from tests.cli.helpers import run_cli
-from tests.support.agent import ROOT
+from tests.support.agent import ROOT, Keys
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -200,3 +200,153 @@ def test_uvmexec_refuses_an_untrusted_ipc_endpoint_in_one_line(shared_tmp, tmp_p
         assert not impostor.connected()
     finally:
         impostor.close()
+
+
+# -- item 3: keygen's target, and key files on load ---------------------------------------------------
+
+
+def keygen(target: Path, tmp_path: Path) -> str:
+    """``uvmexec keygen TARGET``, expected to refuse: its one line of stderr."""
+    result = run_cli(["keygen", str(target)], tmp_path)
+    assert result.returncode == 125, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr, result.stderr
+    return result.stderr.decode()
+
+
+def test_keygen_refuses_a_directory_another_user_made(shared_tmp, tmp_path):
+    """nobody made the target and an authorized_keys/ in it, both 0777: keygen kept them, and
+    nobody's key dropped in there was admitted by the agent."""
+    target = shared_tmp / "keys"
+    as_nobody("mkdir", "-m", "0777", str(target), str(target / "authorized_keys"))
+    assert f"{target} is owned by uid {NOBODY} (nobody)" in keygen(target, tmp_path)
+    assert os.listdir(target) == ["authorized_keys"] and os.listdir(target / "authorized_keys") == []
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o777  # not "tightened" for its owner
+
+
+def test_keygen_refuses_a_directory_that_is_not_private(tmp_path):
+    target = tmp_path / "keys"
+    target.mkdir(mode=0o755)
+    os.chmod(target, 0o755)
+    assert f"{target} is open to others (mode 0755); chmod 700 {target}" in keygen(target, tmp_path)
+    assert os.listdir(target) == []
+
+
+def test_keygen_never_follows_a_symlink(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(elsewhere)
+    assert f"{link} is a symbolic link" in keygen(link, tmp_path)
+    target = tmp_path / "keys"
+    target.mkdir(mode=0o700)
+    (target / "authorized_keys").symlink_to(elsewhere)  # client.key would have been copied there
+    assert f"{target}/authorized_keys already exists" in keygen(target, tmp_path)
+    assert os.listdir(elsewhere) == [] and os.listdir(target) == ["authorized_keys"]
+
+
+def test_keygen_refuses_an_authorized_keys_directory_it_did_not_make(tmp_path):
+    target = tmp_path / "keys"
+    target.mkdir(mode=0o700)
+    (target / "authorized_keys").mkdir(mode=0o700)
+    assert f"{target}/authorized_keys already exists" in keygen(target, tmp_path)
+    assert os.listdir(target) == ["authorized_keys"]
+
+
+def test_keygen_takes_an_empty_private_directory_of_yours(tmp_path):
+    target = tmp_path / "keys"
+    target.mkdir(mode=0o700)
+    result = run_cli(["keygen", str(target)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(target)) == ["agent.key", "agent.key_secret", "authorized_keys", "client.key",
+                                          "client.key_secret"]
+
+
+def spoil_agent_keys(keys: Keys, how: str) -> str:
+    """Make one of the agent's key files or directories untrustworthy; the text its refusal names."""
+    authorized, key = keys.authorized, os.path.join(keys.authorized, "client.key")
+    if how == "secret readable by others":
+        os.chmod(keys.agent_secret, 0o644)
+        return f"--server-key: {keys.agent_secret} holds a secret key and is open to others (mode 0644); " \
+               f"chmod 600 {keys.agent_secret}"
+    if how == "secret writable by all":
+        os.chmod(keys.agent_secret, 0o666)
+        return f"chmod 600 {keys.agent_secret}"
+    if how == "secret owned by nobody":
+        os.chown(keys.agent_secret, NOBODY, NOBODY)
+        return f"--server-key: {keys.agent_secret} is owned by uid {NOBODY}"
+    if how == "directory of secret writable by all":
+        os.chmod(keys.directory, 0o777)
+        return f"--server-key: {keys.directory} is writable by others (mode 0777); chmod go-w {keys.directory}"
+    if how == "authorized directory writable by all":
+        os.chmod(authorized, 0o777)
+        return f"--authorized-keys: {authorized} is writable by others (mode 0777); chmod go-w {authorized}"
+    if how == "authorized directory owned by nobody":
+        os.chown(authorized, NOBODY, NOBODY)
+        return f"--authorized-keys: {authorized} is owned by uid {NOBODY}"
+    if how == "authorized key writable by all":
+        os.chmod(key, 0o666)
+        return f"--authorized-keys: {key} is writable by others (mode 0666); chmod go-w {key}"
+    assert how == "authorized key owned by nobody"
+    os.chown(key, NOBODY, NOBODY)
+    return f"--authorized-keys: {key} is owned by uid {NOBODY}"
+
+
+@pytest.mark.parametrize("how", [
+    "secret readable by others", "secret writable by all", "secret owned by nobody",
+    "directory of secret writable by all", "authorized directory writable by all",
+    "authorized directory owned by nobody", "authorized key writable by all", "authorized key owned by nobody",
+])
+def test_the_agent_refuses_key_files_others_could_read_or_change(keys, how):
+    needle = spoil_agent_keys(keys, how)
+    assert_refused(start_agent("--listen", "tcp://127.0.0.1:0", "--server-key", keys.agent_secret,
+                               "--authorized-keys", keys.authorized), needle)
+
+
+def test_the_agent_refuses_a_key_nobody_dropped_into_an_open_directory(shared_tmp):
+    """The reported attack: authorized_keys/ is 0777 and nobody adds its own key to it."""
+    keys = Keys.create(str(shared_tmp / "keys"))
+    os.chmod(keys.directory, 0o755)
+    os.chmod(keys.authorized, 0o777)
+    stranger = Keys.create(str(shared_tmp / "stranger"))  # nobody's key pair, which it can read
+    os.chmod(stranger.directory, 0o755)
+    as_nobody("cp", stranger.client_public, f"{keys.authorized}/nobody.key")
+    assert_refused(start_agent("--listen", "tcp://127.0.0.1:0", "--server-key", keys.agent_secret,
+                               "--authorized-keys", keys.authorized),
+                   f"--authorized-keys: {keys.authorized} is writable by others")
+
+
+@pytest.mark.parametrize(("how", "needle"), [
+    ("client secret readable by others", "client_key: {client_secret} holds a secret key and is open to others "
+                                         "(mode 0644); chmod 600 {client_secret}"),
+    ("client secret owned by nobody", "client_key: {client_secret} is owned by uid 65534"),
+    ("server key writable by all", "server_key: {agent_public} is writable by others (mode 0666); "
+                                   "chmod go-w {agent_public}"),
+    ("server key owned by nobody", "server_key: {agent_public} is owned by uid 65534"),
+    ("key directory writable by all", "server_key: {directory} is writable by others (mode 0777)"),
+])
+def test_the_client_refuses_key_files_others_could_read_or_change(tcp_agent, keys, how, needle):
+    """Before connecting: a stolen client secret, or a server key someone else chose, would
+    make the CURVE handshake prove nothing."""
+    if how == "client secret readable by others":
+        os.chmod(keys.client_secret, 0o644)
+    elif how == "client secret owned by nobody":
+        os.chown(keys.client_secret, NOBODY, NOBODY)
+    elif how == "server key writable by all":
+        os.chmod(keys.agent_public, 0o666)
+    elif how == "server key owned by nobody":
+        os.chown(keys.agent_public, NOBODY, NOBODY)
+    else:
+        os.chmod(keys.directory, 0o777)
+    with pytest.raises(InvalidArgumentError) as refused:
+        AgentClient.connect(tcp_agent.endpoints[0], server_key=keys.agent_public,
+                            client_key=keys.client_secret, timeout=5)
+    assert str(refused.value).startswith(needle.format(**vars(keys)))
+    assert "\n" not in str(refused.value)
+
+
+def test_uvmexec_refuses_a_client_secret_others_can_read(tcp_agent, keys, tmp_path):
+    os.chmod(keys.client_secret, 0o640)
+    result = run_cli(["run", "--guest", tcp_agent.endpoints[0], "--keys", keys.directory, "--", "true"], tmp_path)
+    assert result.returncode == 77
+    assert result.stderr.count(b"\n") == 1
+    assert f"chmod 600 {keys.client_secret}".encode() in result.stderr, result.stderr

@@ -239,3 +239,8 @@ def test_trusted_directory_allows_a_root_sticky_one_and_creates(private):
     assert trusted_directory(sticky, what="d")[0] == str(sticky)
     real, status = trusted_directory(private / "x/y", what="d", create=True)
     assert real == f"{private}/x/y" and status.st_mode & 0o777 == 0o700
+
+
+def test_a_secret_writable_by_others_is_told_chmod_600(private):
+    secret = write(private / "agent.key_secret", 0o666)
+    refused(lambda: trusted_file(secret, what="k", secret=True), f"writable by others (mode 0666); chmod 600 {secret}")
