@@ -56,7 +56,7 @@ def check_ipc_endpoint(endpoint: str, *, create: bool = False) -> str:
             "reach it; use ipc:///PATH in a directory of mode 0700")
     if path == "*":
         raise UntrustedPathError(f"{what}: name the socket: ipc:///PATH in a directory of mode 0700")
-    absolute = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+    absolute = absolute_path(path, what)
     directory, name = os.path.split(absolute)
     if name in ("", ".", ".."):
         raise UntrustedPathError(f"{what}: names a directory, not a socket")
@@ -139,8 +139,7 @@ def _walk(path: str, what: str, *, follow: bool, create: bool) -> tuple[str, os.
         raise UntrustedPathError(f"{what}: an empty path")
     if "\0" in path:
         raise UntrustedPathError(f"{what}: the path holds a NUL byte")
-    if not os.path.isabs(path):
-        path = os.path.join(os.getcwd(), path)  # getcwd() is a resolved path, checked like the rest
+    path = absolute_path(path, what)  # getcwd() is a resolved path, checked like the rest
     pending = _components(path)
     current = "/"
     status = _lstat(current, what)  # always that of `current`
@@ -177,6 +176,16 @@ def _walk(path: str, what: str, *, follow: bool, create: bool) -> tuple[str, os.
             continue
         current, status = candidate, found
     return current, status
+
+
+def absolute_path(path: str, what: str) -> str:
+    """``path`` made absolute against the working directory (which may have been removed)."""
+    if os.path.isabs(path):
+        return path
+    try:
+        return os.path.join(os.getcwd(), path)
+    except OSError as error:
+        raise UntrustedPathError(f"{what}: a relative path, and no working directory: {error.strerror}") from None
 
 
 def _components(path: str) -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import zmq
 
-from common.trust import UntrustedPathError, trusted_directory, who
+from common.trust import UntrustedPathError, absolute_path, trusted_directory, who
 
 AUTHORIZED_DIR = "authorized_keys"
 _KEY_FILES = ("agent.key", "agent.key_secret", "client.key", "client.key_secret")
@@ -64,11 +64,10 @@ class KeySet:
 def keygen(directory: str | os.PathLike[str]) -> KeySet:
     """Create the key set in ``directory``; see the module docstring."""
     keys = KeySet.in_directory(directory)
-    absolute = os.path.join(os.getcwd(), os.fspath(directory)).rstrip("/")
-    parent, name = os.path.split(absolute)
-    if name in ("", ".", ".."):
-        raise UntrustedPathError(f"keygen {os.fspath(directory)}: name the directory to make")
     what = f"keygen {os.fspath(directory)}"
+    parent, name = os.path.split(absolute_path(os.fspath(directory), what).rstrip("/"))
+    if name in ("", ".", ".."):
+        raise UntrustedPathError(f"{what}: name the directory to make")
     parent_real, parent_status = trusted_directory(parent or "/", what=what, create=True)
     parent_fd = os.open(parent_real, _OPEN_DIRECTORY)
     try:

@@ -244,3 +244,11 @@ def test_trusted_directory_allows_a_root_sticky_one_and_creates(private):
 def test_a_secret_writable_by_others_is_told_chmod_600(private):
     secret = write(private / "agent.key_secret", 0o666)
     refused(lambda: trusted_file(secret, what="k", secret=True), f"writable by others (mode 0666); chmod 600 {secret}")
+
+
+def test_a_relative_path_without_a_working_directory(private, monkeypatch):
+    gone = mkdir(private / "gone", 0o700)
+    monkeypatch.chdir(gone)
+    os.rmdir(gone)
+    refused(lambda: check_ipc_endpoint("ipc://agent.sock"), "no working directory")
+    refused(lambda: trusted_file("agent.key", what="k"), "no working directory")
