@@ -20,7 +20,6 @@ import collections
 import functools
 import logging
 import os
-import stat
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +35,7 @@ from common.errors import (
     describe,
 )
 from common.supervisor import Supervisor
+from common.trust import check_ipc_endpoint
 from common.zmqloop import LoopSocket
 
 from . import handlers
@@ -212,7 +212,7 @@ class Agent:
             socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
             socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
         elif endpoint.startswith("ipc://"):
-            _check_private_directory(endpoint[len("ipc://"):])
+            check_ipc_endpoint(endpoint, create=True)  # UntrustedPathError, a ValueError: one line
         else:
             raise ValueError(f"{endpoint}: only ipc:// and tcp:// endpoints can be listened on")
 
@@ -404,17 +404,3 @@ class Agent:
         record.set_owner(None)
         record.release()
 
-
-def _check_private_directory(path: str) -> None:
-    """An ipc socket must live in a directory only its owner can enter (created 0700 if missing)."""
-    directory = os.path.dirname(os.path.abspath(path)) or "/"
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        mode = os.stat(directory).st_mode
-    except OSError as error:
-        raise ValueError(f"cannot use ipc directory {directory!r}: {error.strerror}") from None
-    if stat.S_IMODE(mode) & 0o077:
-        raise ValueError(
-            f"ipc directory {directory!r} is open to others (mode {stat.S_IMODE(mode):04o}); "
-            "put the socket in a directory with mode 0700"
-        )

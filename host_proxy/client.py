@@ -2,7 +2,8 @@
 
 Thread-safe and synchronous: every call is handed to the shared background
 loop (see :mod:`host_proxy.loop_thread`), which owns the ZeroMQ socket.
-Endpoints: ``ipc:///path`` (a socket in a private directory), ``tcp://host:port``
+Endpoints: ``ipc:///path`` (a socket in a private directory, checked before connecting:
+see :mod:`common.trust`), ``tcp://host:port``
 (CURVE: the agent's public key is pinned, ours is presented; plaintext only
 with ``insecure=True``), and ``ssh://user@host:port`` (an SSH tunnel made with
 paramiko; see :mod:`host_proxy.ssh_tunnel`).
@@ -30,6 +31,7 @@ from common.errors import (
 from common.spec import ProcessSpec, Stdio
 from common.state import ExecEvent, ExecStatus
 from common.supervisor import DEFAULT_DRAIN_TIMEOUT
+from common.trust import UntrustedPathError, check_ipc_endpoint, require_secret, trusted_file
 
 from .agent_link import AgentLink, Request
 from .connection import Connection, CurveKeys
@@ -40,19 +42,41 @@ from .remote_exec import RemoteExec
 from .stdio import StdioEnds, check_creation, check_exec_ids, open_stdio
 
 
+def check_ipc(endpoint: str) -> None:
+    """Refuse an ipc endpoint another local user could have bound (see :mod:`common.trust`)."""
+    try:
+        check_ipc_endpoint(endpoint)
+    except UntrustedPathError as error:
+        raise InvalidArgumentError(str(error)) from None
+
+
 def load_curve_keys(server_key: str | os.PathLike[str], client_key: str | os.PathLike[str]) -> CurveKeys:
-    """The agent's public certificate and our secret certificate (pyzmq ``zmq.auth`` files)."""
-    try:
-        server_public, _ = zmq.auth.load_certificate(server_key)
-    except (OSError, ValueError) as error:
-        raise InvalidArgumentError(f"server_key: cannot read {os.fspath(server_key)!r}: {error}") from None
-    try:
-        client_public, client_secret = zmq.auth.load_certificate(client_key)
-    except (OSError, ValueError) as error:
-        raise InvalidArgumentError(f"client_key: cannot read {os.fspath(client_key)!r}: {error}") from None
-    if client_secret is None:
-        raise InvalidArgumentError(f"client_key: {os.fspath(client_key)!r} holds no secret key (give *.key_secret)")
+    """The agent's public certificate and our secret certificate (pyzmq ``zmq.auth`` files), each
+    on a path only root or we can change, the secret readable by nobody else (see :mod:`common.trust`)."""
+    server_public, _ = _read_certificate(server_key, "server_key", secret=False)
+    client_public, client_secret = _read_certificate(client_key, "client_key", secret=True)
     return CurveKeys(server_public, client_public, client_secret)
+
+
+def _read_certificate(path: str | os.PathLike[str], what: str, *, secret: bool) -> tuple[bytes, bytes]:
+    """``(public, secret)`` from a certificate file (``secret`` is b"" unless asked for);
+    InvalidArgumentError starting with ``what:`` if the file cannot be used."""
+    try:
+        real, status = trusted_file(path, what=what, secret=secret)
+        public, secret_key = zmq.auth.load_certificate(real)
+    except UntrustedPathError as error:
+        raise InvalidArgumentError(str(error)) from None
+    except (OSError, ValueError) as error:
+        raise InvalidArgumentError(f"{what}: cannot read {os.fspath(path)!r}: {error}") from None
+    if not secret:
+        return public, b""
+    if secret_key is None:
+        raise InvalidArgumentError(f"{what}: {os.fspath(path)!r} holds no secret key (give *.key_secret)")
+    try:
+        require_secret(real, status, what=what)
+    except UntrustedPathError as error:
+        raise InvalidArgumentError(str(error)) from None
+    return public, secret_key
 
 
 class AgentClient(AgentLink):
@@ -110,7 +134,9 @@ class AgentClient(AgentLink):
                 raise InvalidArgumentError(
                     f"{endpoint}: tcp needs server_key and client_key (CURVE), or insecure=True"
                 )
-        elif not endpoint.startswith("ipc://"):
+        elif endpoint.startswith("ipc://"):
+            check_ipc(endpoint)  # before connecting: whoever could swap the socket gets nothing
+        else:
             raise InvalidArgumentError(f"unsupported endpoint {endpoint!r}: use ipc://, tcp:// or ssh://")
         loop_thread = shared_loop()
         connection = Connection(loop_thread, zmq_endpoint, display=endpoint, curve=curve, timeout=timeout,

@@ -37,11 +37,13 @@ from .signals import SignalRelay, Terminated
 
 
 def keygen_command(args: argparse.Namespace) -> int:
+    from common.trust import UntrustedPathError
+
     from ..keys import keygen
 
     try:
         keys = keygen(args.directory)
-    except FileExistsError as error:
+    except (FileExistsError, UntrustedPathError) as error:
         raise CliError(str(error)) from None
     except OSError as error:
         raise CliError(f"keygen {args.directory}: {error.strerror or error}") from None

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ps(commands)
     keygen = commands.add_parser("keygen", help="make CURVE keys for an agent and its client",
                                  description="Make agent.key(_secret), client.key(_secret) and "
-                                             "authorized_keys/ in DIR (never overwriting).")
+                                             "authorized_keys/ in DIR: a new directory, or a private "
+                                             "(0700) one of yours. Never overwrites.")
     keygen.add_argument("directory", metavar="DIR")
     keygen.set_defaults(handler=":keygen_command")
     _add_vm(commands)

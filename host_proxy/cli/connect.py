@@ -13,7 +13,9 @@ one-line message naming the endpoint and a distinct exit code:
   others, a usage error, since a fresh private agent runs nothing.
 
 An unreachable ``ipc://`` or ``tcp://`` agent is reported at once (the socket
-is missing or refuses) instead of after the whole connect timeout.
+is missing or refuses) instead of after the whole connect timeout; an ``ipc://``
+path another local user could have swapped is refused (77) before anything
+connects to it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from common.trust import UntrustedPathError, check_ipc_endpoint
 
 from ..client import AgentClient
 from .embedded import PrivateAgent
@@ -126,7 +130,10 @@ def _credentials(args: argparse.Namespace, endpoint: str) -> dict[str, object]:
 def _precheck(endpoint: str) -> None:
     """Fail at once for an agent that certainly is not there, rather than after the timeout."""
     if endpoint.startswith("ipc://"):
-        path = endpoint[len("ipc://"):]
+        try:
+            path = check_ipc_endpoint(endpoint)  # as AgentClient.connect does; first, for the exit code
+        except UntrustedPathError as error:
+            raise CliError(str(error), Exit.KEY_REFUSED) from None
         try:
             mode = os.stat(path).st_mode
         except FileNotFoundError:

@@ -26,7 +26,7 @@ class Exit(enum.IntEnum):
     NOT_RUNNING = 3         # ``uvmexec vm status``: no VM runs (the LSB status convention)
     UNAVAILABLE = 69        # EX_UNAVAILABLE: the agent (or the VM serving it) is unreachable, gone or did not boot
     PROTOCOL = 76           # EX_PROTOCOL: the agent speaks no protocol version we do
-    KEY_REFUSED = 77        # EX_NOPERM: a key was refused by the peer, or a key file is unusable
+    KEY_REFUSED = 77        # EX_NOPERM: a key refused by the peer, a key file unusable, an ipc path untrusted
     FAILED = 125            # uvmexec itself failed: bad usage, bad option, image build, internal error
     CANNOT_INVOKE = 126     # the command exists but cannot be started (permission, cwd, user)
     NOT_FOUND = 127         # the command was not found in the guest
@@ -113,7 +113,7 @@ exit codes:
   3             vm status: no VM runs
   69            the agent cannot be reached, went away, or the VM did not boot
   76            the agent speaks no protocol version this uvmexec speaks
-  77            a key was refused (CURVE, SSH) or a key file cannot be used
+  77            a key was refused (CURVE, SSH), a key file cannot be used, or an ipc path is untrusted
   125           uvmexec itself failed (bad usage, bad option, image build, internal error)
   126           run: the command was found but cannot be started (permission, cwd, user)
   127           run: the command was not found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -122,14 +123,13 @@ def test_plaintext_and_garbage_to_a_curve_agent_learn_nothing(tcp_agent, observe
     assert_nothing_happened(observer, tcp_agent, tmp_path / "ran")
 
 
-def test_a_flood_of_refused_handshakes_costs_the_agent_nothing(tcp_agent, keys, observer, workdir):
-    """200 connections with unauthorized keys and 40 of garbage, all refused: afterwards the agent's
-    fds, threads and processes are back where they were, and an authorized client is served."""
-    baseline = footprint(observer, tcp_agent.pid)
-    stranger = Keys.create(f"{workdir}/flood")
+def refuse_handshakes(agent: AgentProcess, keys: Keys, stranger: Keys, rounds: int, garbage: int = 0) -> None:
+    """``rounds`` × 50 CURVE handshakes with the stranger's key (and ``garbage`` × ``rounds`` raw
+    connections sending random bytes); returns once every handshake was refused."""
     public, secret = zmq.auth.load_certificate(stranger.client_secret)
+    assert secret is not None
     server_public, _ = zmq.auth.load_certificate(keys.agent_public)
-    for _ in range(4):
+    for _ in range(rounds):
         context = zmq.Context()
         try:
             watched = []
@@ -141,11 +141,11 @@ def test_a_flood_of_refused_handshakes_costs_the_agent_nothing(tcp_agent, keys, 
                 dealer.setsockopt(zmq.CURVE_PUBLICKEY, public)
                 dealer.setsockopt(zmq.CURVE_SECRETKEY, secret)
                 monitor = dealer.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-                dealer.connect(tcp_agent.endpoints[0])
+                dealer.connect(agent.endpoints[0])
                 watched.append((dealer, monitor))
-            for _ in range(10):
-                with socket.create_connection(tcp_address(tcp_agent), timeout=10) as garbage:
-                    garbage.sendall(os.urandom(128))
+            for _ in range(garbage):
+                with socket.create_connection(tcp_address(agent), timeout=10) as connection:
+                    connection.sendall(os.urandom(128))
             for dealer, monitor in watched:
                 assert monitor.poll(20_000), "a refusal never came"
                 assert recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -155,12 +155,43 @@ def test_a_flood_of_refused_handshakes_costs_the_agent_nothing(tcp_agent, keys, 
                 dealer.close()
         finally:
             context.destroy(linger=0)
+
+
+def test_a_flood_of_refused_handshakes_costs_the_agent_nothing(tcp_agent, keys, observer, workdir):
+    """200 connections with unauthorized keys and 40 of garbage, all refused: afterwards the agent's
+    fds, threads and processes are back where they were, and an authorized client is served."""
+    baseline = footprint(observer, tcp_agent.pid)
+    refuse_handshakes(tcp_agent, keys, Keys.create(f"{workdir}/flood"), rounds=4, garbage=10)
     made = observer.create_exec("flood", "after", ProcessSpec(args=["sh", "-c", "exit 3"]))
     made.start()
     assert made.wait(timeout=30).exit_status == 3
     made.delete()
     # The agent's ZeroMQ thread closes refused connections on its own time (assert_clean waits).
     assert_clean(observer, tcp_agent.pid, baseline)
+
+
+def test_refused_handshakes_are_logged_at_a_bounded_rate(keys, workdir):
+    """Inside a VM the agent's log is the serial console, a file on the host that nobody rotates:
+    300 refused handshakes give the first few lines one by one and then one summary line that
+    counts the rest (written at the latest when the agent stops), not 300 lines."""
+    log_path = Path(workdir) / "agent.log"
+    with open(log_path, "wb") as log:
+        agent = AgentProcess(["tcp://127.0.0.1:0"], ["--server-key", keys.agent_secret,
+                                                     "--authorized-keys", keys.authorized], stderr=log).start()
+    started = time.monotonic()
+    try:
+        refuse_handshakes(agent, keys, Keys.create(f"{workdir}/flood"), rounds=6)
+    finally:
+        agent.stop()
+    minutes = (time.monotonic() - started) / 60
+    lines = log_path.read_text().splitlines()
+    one_by_one = [line for line in lines if "guest_agent.auth: refused CURVE client from" in line]
+    summed = [int(match.group(1)) for line in lines if (match := re.search(r"refused (\d+) more handshakes", line))]
+    # The first 10, then one line more per minute, and one summary per minute (and at the end).
+    assert 10 <= len(one_by_one) <= 10 + minutes + 1, lines
+    assert 1 <= len(summed) <= minutes + 2, lines
+    assert len(one_by_one) + sum(summed) == 300, "every refusal is counted"
+    assert len(lines) == len(one_by_one) + len(summed), lines
 
 
 def test_requests_that_fail_validation_never_run(tcp_agent, keys, observer, tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import IO
 
 import zmq.auth
 
@@ -35,6 +36,8 @@ class Keys:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         agent_public, agent_secret = zmq.auth.create_certificates(directory, "agent")
         client_public, client_secret = zmq.auth.create_certificates(directory, "client")
+        for secret in (agent_secret, client_secret):  # zmq.auth leaves them to the umask; both sides check
+            os.chmod(secret, 0o600)
         authorized = os.path.join(directory, "authorized")
         os.makedirs(authorized, mode=0o700, exist_ok=True)
         shutil.copy(client_public, authorized)
@@ -45,15 +48,17 @@ class AgentProcess:
     """``python -m guest_agent`` with the given arguments, run as a child of the test.
 
     ``module`` names another launcher module; ``prefix`` runs the agent through a command such
-    as ``prlimit`` (as a guest's init would start it, with the limits that init hands down).
+    as ``prlimit`` (as a guest's init would start it, with the limits that init hands down);
+    ``stderr``, a file, takes its log.
     """
 
     def __init__(self, listen: list[str], extra: list[str] | None = None, *, module: str = "guest_agent",
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, stderr: IO[bytes] | None = None) -> None:
         self.listen = listen
         self.extra = extra or []
         self.module = module
         self.prefix = prefix or []
+        self.stderr = stderr  # where its log goes (default: the test's stderr)
         self.process: subprocess.Popen[bytes] | None = None
         self.endpoints: list[str] = []
 
@@ -61,7 +66,7 @@ class AgentProcess:
         command = [*self.prefix, sys.executable, "-m", self.module, "--log-level", "WARNING"]
         for endpoint in self.listen:
             command += ["--listen", endpoint]
-        self.process = subprocess.Popen(command + self.extra, cwd=ROOT, stdout=subprocess.PIPE)
+        self.process = subprocess.Popen(command + self.extra, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.stderr)
         assert self.process.stdout is not None
         line = read_line(self.process.stdout.fileno(), timeout)
         if not line.startswith(b"uvm-agent ready "):
