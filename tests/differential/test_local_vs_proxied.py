@@ -14,7 +14,7 @@ sequence and byte of output must be equal. See ``harness.py`` for how the
 sequences are kept deterministic, and ``README.md`` for reading a failure.
 
 CI runs a fixed (derandomized) set of ``UVMEXEC_DIFF_EXAMPLES`` examples
-(default 100, well under a minute when the backends agree) and stops at the
+(default 80, under a minute on two cores when the backends agree) and stops at the
 first difference without shrinking it. A longer run, e.g. 2000 examples with
 a fresh random seed, shrinking every distinct failure to a minimal sequence::
 
@@ -44,7 +44,7 @@ from tests.support.procs import descendants, wait_exited
 from . import ops as o
 from .harness import Runner, Side, running
 
-EXAMPLES = int(os.environ.get("UVMEXEC_DIFF_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("UVMEXEC_DIFF_EXAMPLES", "80"))
 #: Shrink failures to a minimal sequence (and report every distinct one). Off in CI: a shrink step
 #: runs real processes, and a difference such as a request that gets no answer costs seconds each.
 SHRINK = os.environ.get("UVMEXEC_DIFF_SHRINK", "") not in ("", "0")
