@@ -241,10 +241,10 @@ class ExecCore:
             elif isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("exec %s/%s: output pump failed: %r", self.task_id, self.exec_id, result)
         for sink in (self._stdout, self._stderr):
-            if sink is not None:
+            if sink is not None and not self.forced:  # force_exit aborted them already
                 try:
                     await sink.close()
-                except OSError as error:
+                except (OSError, ValueError) as error:  # ValueError: a caller's file object it closed
                     log.warning("exec %s/%s: closing output: %s", self.task_id, self.exec_id, error)
         for fd in (spawned.stdout_fd, spawned.stderr_fd, spawned.pty_master):
             if fd is not None:

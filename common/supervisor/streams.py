@@ -177,22 +177,66 @@ def open_output_path(path: str) -> tuple[int | None, bool]:
     return fd, False
 
 
+class _DeferredClose:
+    """An fd that is closed only once no coroutine waits on it.
+
+    A read or write waiting for readiness is cancelled by its caller, and the
+    cancellation runs (its ``remove_reader``/``remove_writer``) a loop step
+    later. Closing the fd at once would let a new open reuse the number in
+    between, and the late removal would then unregister *that* fd, whose
+    reads would never be polled again. So ``close`` only marks the fd while a
+    wait is in flight, and the last waiter closes it.
+    """
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self._users = 0
+        self._closing = False
+
+    def enter(self) -> None:
+        self._users += 1
+
+    def leave(self) -> None:
+        self._users -= 1
+        if self._closing and self._users == 0:
+            self._close_now()
+
+    def close(self) -> None:
+        self._closing = True
+        if self._users == 0:
+            self._close_now()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def _close_now(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class PathSink(OutputSink):
     """A host path: a regular file (opened at creation) or a FIFO (opened when first needed)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd, self._is_fifo = open_output_path(path)
+        self._file = _DeferredClose()
+        self._file.fd, self._is_fifo = open_output_path(path)
         self._pending_opens: list[_Blocker] = []
 
-    async def _ensure_open(self) -> int:
-        if self._fd is None:
-            self._fd = await open_fifo(self.path, os.O_WRONLY, self._pending_opens)
-        return self._fd
-
     async def write(self, data: bytes | memoryview) -> None:
-        fd = await self._ensure_open()
-        await write_all(fd, data)
+        self._file.enter()
+        try:
+            if self._file.fd is None:
+                fd = await open_fifo(self.path, os.O_WRONLY, self._pending_opens)
+                if self._file.closing:
+                    os.close(fd)
+                    raise OSError(errno.EBADF, "output closed")
+                self._file.fd = fd
+            await write_all(self._file.fd, data)
+        finally:
+            self._file.leave()
 
     async def close(self) -> None:
         self.abort()
@@ -200,9 +244,7 @@ class PathSink(OutputSink):
     def abort(self) -> None:
         for blocker in list(self._pending_opens):
             blocker.abandon()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._file.close()
 
 
 class FileObjectSink(OutputSink):
@@ -242,37 +284,45 @@ class PathSource(InputSource):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd: int | None = None
+        self._file = _DeferredClose()
         mode = os.stat(path).st_mode
         self._is_fifo = stat.S_ISFIFO(mode)
         self._pollable = not stat.S_ISREG(mode)
         if not self._is_fifo:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if self._pollable else 0))
+            self._file.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if self._pollable else 0))
         self._pending_opens: list[_Blocker] = []
 
     async def read(self, max_bytes: int) -> bytes:
-        if self._fd is None:
-            self._fd = await open_fifo(self.path, os.O_RDONLY, self._pending_opens)
-        if not self._pollable:
-            return os.read(self._fd, max_bytes)
-        while True:
-            # Poll first: a FIFO reads as EOF until a writer appears.
-            await wait_readable(self._fd)
-            try:
-                return os.read(self._fd, max_bytes)
-            except BlockingIOError:
-                continue
-            except OSError as error:
-                if error.errno == errno.EIO:  # a tty whose session went away
+        self._file.enter()
+        try:
+            if self._file.fd is None:
+                fd = await open_fifo(self.path, os.O_RDONLY, self._pending_opens)
+                if self._file.closing:
+                    os.close(fd)
                     return b""
-                raise
+                self._file.fd = fd
+            if not self._pollable:
+                return os.read(self._file.fd, max_bytes)
+            while True:
+                # Poll first: a FIFO reads as EOF until a writer appears.
+                await wait_readable(self._file.fd)
+                if self._file.closing:
+                    return b""
+                try:
+                    return os.read(self._file.fd, max_bytes)
+                except BlockingIOError:
+                    continue
+                except OSError as error:
+                    if error.errno == errno.EIO:  # a tty whose session went away
+                        return b""
+                    raise
+        finally:
+            self._file.leave()
 
     def close(self) -> None:
         for blocker in list(self._pending_opens):
             blocker.abandon()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._file.close()
 
 
 class FileObjectSource(InputSource):
@@ -372,6 +422,11 @@ async def read_unless_stopped(source: InputSource, max_bytes: int, stop: asyncio
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        # The caller itself was cancelled: a read left pending would keep polling the
+        # source's fd after the caller closed the source.
+        reading.cancel()
+        raise
     finally:
         stopping.cancel()
     if not reading.done():

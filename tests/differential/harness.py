@@ -207,12 +207,13 @@ class Side:
         stdout = output(op.stdout, stdout_path)
         stderr = output(op.stderr, stderr_path)
         args, env, cwd = op.program.args_env_cwd()
-        spec = ProcessSpec(args=args, env=env, cwd=cwd, terminal=op.tty, console_size=op.console_size)
         events = EventRecorder()
         options: dict[str, Any] = {"on_event": events, "bundle": op.bundle}
         if op.drain_timeout != o.DEFAULT:
             options["drain_timeout"] = op.drain_timeout
         try:
+            # Built here, inside the comparison: a spec may be refused (a surrogate escape).
+            spec = ProcessSpec(args=args, env=env, cwd=cwd, terminal=op.tty, console_size=op.console_size)
             made = self.backend.create(spec, Stdio(stdin=stdin, stdout=stdout, stderr=stderr),
                                        task_id=task_id, exec_id=exec_id, **options)
         except Exception as error:

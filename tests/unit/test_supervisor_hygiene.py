@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 from common import ProcessSpec, Stdio
 from host_proxy import AgentClient, LocalExec
@@ -26,6 +27,19 @@ def _open_fds() -> dict[int, str]:
         if not target.startswith("socket:"):
             fds[int(name)] = target
     return fds
+
+
+def _wait_for(condition, timeout: float = 20.0) -> bool:
+    """Re-check ``condition`` until it holds or ``timeout`` passes. Only for what announces
+    nothing: a killed process's pipes are closed by the supervisor a few loop steps after
+    its reaping, and no event says when."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(0.02)
+    return True
 
 
 def test_many_execs_leave_no_zombies_and_no_fds(tmp_path):
@@ -127,3 +141,48 @@ def test_an_agent_that_inherited_ignored_and_blocked_signals_starts_processes_cl
             made.delete()
     finally:
         agent.stop()
+
+
+def test_a_fifo_stdin_abandoned_mid_read_does_not_deafen_the_next_one(tmp_path, ipc_agent):
+    """BUG-18, found by tests/differential: a proxied exec's stdin feeder, cancelled while its
+    read waited on a FIFO, left the read pending, still polling the fd the source then closed;
+    the next FIFO opened on the same fd number (by any exec of this process, LocalExec too) was
+    never polled, so its bytes never reached the process."""
+    with AgentClient.connect(ipc_agent.endpoints[0]) as client:
+        for round_number in range(4):
+            first_fifo, second_fifo = tmp_path / f"a{round_number}", tmp_path / f"b{round_number}"
+            os.mkfifo(first_fifo)
+            os.mkfifo(second_fifo)
+            first_writer = os.open(first_fifo, os.O_RDWR | os.O_CLOEXEC)
+            second_writer = os.open(second_fifo, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                first = client.create_exec("fifo", f"first-{round_number}", ProcessSpec(args=["cat"]),
+                                           Stdio(stdin=str(first_fifo)))
+                first.start()
+                first.force_exit(1)
+                first.delete()
+                second = LocalExec("fifo", f"second-{round_number}", ProcessSpec(args=["sh", "-c", "read x; exit 7"]),
+                                   Stdio(stdin=str(second_fifo)))
+                second.start()
+                os.write(second_writer, b"go\n")
+                assert second.wait(timeout=10).exit_status == 7
+                second.delete()
+            finally:
+                os.close(first_writer)
+                os.close(second_writer)
+
+
+def test_a_file_object_the_caller_closes_after_delete_is_left_alone(tmp_path):
+    """After force_exit and delete the caller may close its file object: nothing of uvmexec's
+    touches it afterwards (a late flush raised ValueError in the loop and skipped the clean-up)."""
+    warm = LocalExec("warm", "up-fileobj", ProcessSpec(args=["true"]))  # start the loop thread first
+    warm.start()
+    warm.wait(timeout=20)
+    warm.delete()
+    before = _open_fds()
+    with open(tmp_path / "out", "wb") as target:
+        made = LocalExec("fileobj", "closed", ProcessSpec(args=["sleep", "1000"]), Stdio(stdout=target))
+        made.start()
+        made.force_exit(9)
+        made.delete()
+    assert _wait_for(lambda: _open_fds() == before), (before, _open_fds())
