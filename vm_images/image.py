@@ -45,7 +45,7 @@ BUILD_SOURCES: tuple[str, ...] = (
 )
 LAUNCH_SOURCES: tuple[str, ...] = (
     "__init__.py", "__main__.py", "launch.py", "qemu.py", "qmp.py", "probe.py",
-    "accel.py", "daemon.py",
+    "accel.py", "daemon.py", "options.py",
 )
 
 MANIFEST = "manifest.json"
