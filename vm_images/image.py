@@ -13,6 +13,10 @@ Three cached steps, each under its own key (see ``cache.ensure_step``):
 
 So an agent change re-runs only the image step; unchanged inputs cost only
 the hashing and two apt-cache queries. Building needs root.
+
+The cache is private to its owner: directories 0700, image files 0600, and
+a cache made with wider modes (as before) is narrowed on every call (see
+``secure_cache``).
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ def build_image(*, cache_dir: Path | None = None, project_root: Path | None = No
          for name in settings.PROJECT_PACKAGES},
     )
     final = cache_dir / image_key
+    secure_cache(cache_dir)
     if (final / MANIFEST).is_file():
         progress.note(f"image {image_key} is cached")
         return ImagePaths.from_directory(final)
@@ -134,9 +139,49 @@ def build_image(*, cache_dir: Path | None = None, project_root: Path | None = No
                   extra_space_mb, image_key, progress)
 
     ensure_step(cache_dir, image_key, assemble, progress)
+    secure_cache(cache_dir)
     progress.note(f"image {image_key} ready in {final}")
     prune_images(cache_dir, keep=keep_images, progress=progress)
     return ImagePaths.from_directory(final)
+
+
+def secure_cache(cache_dir: Path) -> None:
+    """Make the cache private to its owner: directories 0700, image files 0600.
+
+    The cache root, ``parts/`` and every directory directly in them become
+    0700; images and lock directories are made 0700/0600 throughout. The
+    trees inside the cached rootfs and kernel steps are not entered: they
+    keep the guest's own modes (mkfs copies them into the image), and their
+    0700 step directory closes them already. Neither is ``tmp/``, where
+    another process may be building.
+    """
+    if not cache_dir.is_dir():
+        cache_dir.mkdir(parents=True, mode=0o700)
+    for directory in (cache_dir, cache_dir / "parts"):
+        if not directory.is_dir():
+            continue
+        _chmod(directory, 0o700)
+        for child in directory.iterdir():
+            if not child.is_dir():
+                continue
+            _chmod(child, 0o700)
+            if child.name == "locks" or (child / MANIFEST).is_file():
+                _make_tree_private(child)
+
+
+def _make_tree_private(root: Path) -> None:
+    for directory, subdirs, files in os.walk(root):
+        for name in subdirs:
+            _chmod(Path(directory, name), 0o700)
+        for name in files:
+            _chmod(Path(directory, name), 0o600)
+
+
+def _chmod(path: Path, mode: int) -> None:
+    if path.is_symlink():
+        return
+    if path.stat().st_mode & 0o7777 != mode:
+        path.chmod(mode)
 
 
 def prune_images(cache_dir: Path, *, keep: int, progress: Progress | None = None) -> list[Path]:

@@ -6,6 +6,7 @@ import io
 import lzma
 import os
 import shutil
+import stat
 import subprocess
 import threading
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from vm_images import settings
 from vm_images.cache import BuildError, Progress, ensure_step, tree_digest
-from vm_images.image import BUILD_SOURCES, LAUNCH_SOURCES, PACKAGE_DIR
+from vm_images.image import BUILD_SOURCES, LAUNCH_SOURCES, MANIFEST, PACKAGE_DIR, secure_cache
 from vm_images.initrd import CpioWriter
 from vm_images.kernel import extract_vmlinux
 from vm_images.stage import GUEST_FILES, render
@@ -155,3 +156,40 @@ def test_failed_step_publishes_nothing_and_its_debris_is_cleared(tmp_path: Path)
     ensure_step(tmp_path, "step-y", lambda out: (out / "ok").touch(), Progress(io.StringIO()))
     assert list((tmp_path / "tmp").iterdir()) == []
     shutil.rmtree(tmp_path / "step-y")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_secure_cache_makes_an_old_cache_private_but_leaves_the_guest_trees_alone(tmp_path: Path) -> None:
+    cache = tmp_path / "images"
+    image = cache / "0123456789abcdef0123"
+    guest_binary = cache / "parts/rootfs-x/root/usr/bin/python3"
+    for directory in (image / "keys/zmq", cache / "locks", cache / "tmp/build.1", guest_binary.parent):
+        directory.mkdir(parents=True, mode=0o755)
+    for name in (MANIFEST, "rootfs.ext4", "vmlinux", "keys/zmq/agent.key"):
+        (image / name).write_text("x")
+        (image / name).chmod(0o644)
+    (cache / "locks/0123456789abcdef0123.lock").write_text("pid 1\n")
+    guest_binary.write_text("#!")
+    guest_binary.chmod(0o755)
+    for path in cache.rglob("*"):
+        if path.is_dir():
+            path.chmod(0o755)
+    cache.chmod(0o755)
+
+    secure_cache(cache)
+
+    assert _mode(cache) == 0o700
+    for path in (cache / "parts", cache / "parts/rootfs-x", cache / "locks", cache / "tmp", image,
+                 image / "keys", image / "keys/zmq"):
+        assert _mode(path) == 0o700, path
+    for path in (image / MANIFEST, image / "rootfs.ext4", image / "vmlinux", image / "keys/zmq/agent.key",
+                 cache / "locks/0123456789abcdef0123.lock"):
+        assert _mode(path) == 0o600, path
+    # The Debian tree inside a step keeps its modes (mkfs copies them into the guest),
+    # and so does a build in progress.
+    assert _mode(guest_binary) == 0o755
+    assert _mode(cache / "parts/rootfs-x/root") == 0o755
+    assert _mode(cache / "tmp/build.1") == 0o755
