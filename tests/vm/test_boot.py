@@ -93,6 +93,7 @@ def test_up_status_down_leave_no_qemu_behind(vm_image: ImagePaths, tmp_path: Pat
     info = json.loads(started.stdout)
     try:
         assert info["running"] and not _process_gone(info["pid"])
+        assert Path(info["client_key"]).is_relative_to(tmp_path / "state")
         assert agent_hello(info["agent_endpoint"], Path(info["server_key"]),
                            Path(info["client_key"]), 10.0) == info["boot_id"]
         again = cli("up", "--image", str(vm_image.directory), "--json")
@@ -103,6 +104,7 @@ def test_up_status_down_leave_no_qemu_behind(vm_image: ImagePaths, tmp_path: Pat
         stopped = cli("down")
     assert stopped.returncode == 0 and "stopped (quit)" in stopped.stdout, stopped.stdout
     assert _process_gone(info["pid"])
+    assert not [name for name in ("client_key", "ssh_key", "known_hosts") if Path(info[name]).exists()]
     assert cli("status").returncode == 3
     assert cli("down").stdout.strip() == "not running"
 
