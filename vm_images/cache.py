@@ -10,7 +10,8 @@ step. ``ensure_step`` promises:
   dies, so a crashed builder can never wedge the next one) and then reuses
   the first one's output;
 - debris of a crashed build (its temporary directory, including anything a
-  tool left mounted in it) is removed before the step is built again.
+  tool left mounted in it) is removed before the step is built again;
+- what it creates is private: directories 0700, lock files 0600.
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ def run(argv: list[str], *, step: str, cwd: Path | None = None,
 
 @contextmanager
 def _locked(lock_path: Path, progress: Progress) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as lock_file:
+    lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    with open(descriptor, "a+") as lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -167,15 +169,15 @@ def ensure_step(cache_dir: Path, name: str, build: Callable[[Path], None],
             progress.note(f"{name}: built by another process meanwhile")
             return final
         scratch = cache_dir / "tmp"
-        scratch.mkdir(parents=True, exist_ok=True)
+        scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale in scratch.glob(f"{name}.*"):
             progress.note(f"removing debris of an interrupted build: {stale}")
             remove_tree(stale)
         work = scratch / f"{name}.{os.getpid()}"
-        work.mkdir()
+        work.mkdir(mode=0o700)
         try:
             build(work)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.rename(work, final)
         except BaseException:
             remove_tree(work)

@@ -1,9 +1,10 @@
 """The one background VM of ``python -m vm_images up|down|status``.
 
 State lives in ``settings.vm_state_dir()`` (``~/.cache/uvmexec/vm`` unless
-``UVMEXEC_VM_STATE`` says otherwise): ``state.json`` holds the ``GuestInfo``
-of the running VM, ``run/`` its sockets, serial log and known_hosts, and a
-lock file serialises ``up`` and ``down`` between processes.
+``UVMEXEC_VM_STATE`` says otherwise; kept 0700): ``state.json`` holds the
+``GuestInfo`` of the running VM, ``run/`` its sockets, serial log and this
+boot's host-side keys (``run/keys``, known_hosts included), and a lock file
+serialises ``up`` and ``down`` between processes.
 
 - ``up()`` returns the running VM's info if one runs, otherwise boots one in
   its own session (it outlives the caller) and returns once it is ready.
@@ -39,6 +40,7 @@ RUN_DIR = "run"
 def _state_dir(state_dir: Path | None) -> Path:
     directory = Path(state_dir) if state_dir else settings.vm_state_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory.chmod(0o700)  # also one made before state held keys
     return directory
 
 

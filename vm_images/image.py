@@ -6,13 +6,21 @@ Three cached steps, each under its own key (see ``cache.ensure_step``):
   the package list, debootstrap parameters and ``rootfs.py``.
 - ``parts/kernel-KEY``: vmlinux + the loader's modules (seconds). Keyed by
   the kernel package and version apt resolves now, and ``kernel.py``.
-- ``KEY`` (the image): keys, the project's ``common/`` and ``guest_agent/``,
+- ``KEY`` (the image): the project's ``common/`` and ``guest_agent/``,
   PID 1, the ext4 disk and the loader initrd. Keyed by both keys above, the
   sources of every build module and guest file, the busybox binary, and the
   bytes of every file under ``common/`` and ``guest_agent/``.
 
+The image holds no key and no secret: each boot gets its own keys from the
+launcher (see ``keys.py``), so every VM booted from one image has different
+ones and reading the image reveals none of them.
+
 So an agent change re-runs only the image step; unchanged inputs cost only
 the hashing and two apt-cache queries. Building needs root.
+
+The cache is private to its owner: directories 0700, image files 0600, and
+a cache made with wider modes (as before) is narrowed on every call (see
+``secure_cache``).
 """
 
 from __future__ import annotations
@@ -29,7 +37,6 @@ from . import settings
 from .cache import BuildError, Progress, digest, ensure_step, file_digest, tree_digest
 from .initrd import build_initrd
 from .kernel import KernelPackage, build_kernel, resolve_kernel
-from .keys import generate_keys
 from .rootfs import build_rootfs, rootfs_key_parts
 from .stage import customize, make_ext4, remove_stage, stage_root
 
@@ -39,13 +46,13 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # so that editing them does not rebuild; tests/vm checks that every module of
 # this package is in exactly one of the two lists.
 BUILD_SOURCES: tuple[str, ...] = (
-    "settings.py", "cache.py", "kernel.py", "rootfs.py", "initrd.py", "keys.py",
+    "settings.py", "cache.py", "kernel.py", "rootfs.py", "initrd.py",
     "stage.py", "image.py",
     "guest/loader-init.sh", "guest/uvm-init.sh", "guest/sshd_config",
 )
 LAUNCH_SOURCES: tuple[str, ...] = (
     "__init__.py", "__main__.py", "launch.py", "qemu.py", "qmp.py", "probe.py",
-    "accel.py", "daemon.py",
+    "accel.py", "daemon.py", "options.py", "keys.py",
 )
 
 MANIFEST = "manifest.json"
@@ -59,10 +66,6 @@ class ImagePaths:
     kernel: Path          # uncompressed vmlinux, booted through PVH
     initrd: Path          # the busybox loader
     rootfs: Path          # ext4 root disk; boot it with snapshot=on
-    server_key: Path      # the agent's public CURVE certificate (pin it)
-    client_key: Path      # the client's secret CURVE certificate
-    ssh_key: Path         # private key authorised for root in the guest
-    ssh_host_key: Path    # the guest sshd's public host key (for known_hosts)
     kernel_release: str   # `uname -r` in the guest
 
     @classmethod
@@ -78,10 +81,6 @@ class ImagePaths:
             kernel=directory / "vmlinux",
             initrd=directory / "loader.img",
             rootfs=directory / "rootfs.ext4",
-            server_key=directory / "keys/zmq/agent.key",
-            client_key=directory / "keys/zmq/client.key_secret",
-            ssh_key=directory / "keys/ssh/id_ed25519",
-            ssh_host_key=directory / "keys/ssh/ssh_host_ed25519_key.pub",
             kernel_release=manifest["kernel_release"],
         )
 
@@ -117,6 +116,7 @@ def build_image(*, cache_dir: Path | None = None, project_root: Path | None = No
          for name in settings.PROJECT_PACKAGES},
     )
     final = cache_dir / image_key
+    secure_cache(cache_dir)
     if (final / MANIFEST).is_file():
         progress.note(f"image {image_key} is cached")
         return ImagePaths.from_directory(final)
@@ -134,16 +134,56 @@ def build_image(*, cache_dir: Path | None = None, project_root: Path | None = No
                   extra_space_mb, image_key, progress)
 
     ensure_step(cache_dir, image_key, assemble, progress)
+    secure_cache(cache_dir)
     progress.note(f"image {image_key} ready in {final}")
     prune_images(cache_dir, keep=keep_images, progress=progress)
     return ImagePaths.from_directory(final)
+
+
+def secure_cache(cache_dir: Path) -> None:
+    """Make the cache private to its owner: directories 0700, image files 0600.
+
+    The cache root, ``parts/`` and every directory directly in them become
+    0700; images and lock directories are made 0700/0600 throughout. The
+    trees inside the cached rootfs and kernel steps are not entered: they
+    keep the guest's own modes (mkfs copies them into the image), and their
+    0700 step directory closes them already. Neither is ``tmp/``, where
+    another process may be building.
+    """
+    if not cache_dir.is_dir():
+        cache_dir.mkdir(parents=True, mode=0o700)
+    for directory in (cache_dir, cache_dir / "parts"):
+        if not directory.is_dir():
+            continue
+        _chmod(directory, 0o700)
+        for child in directory.iterdir():
+            if not child.is_dir():
+                continue
+            _chmod(child, 0o700)
+            if child.name == "locks" or (child / MANIFEST).is_file():
+                _make_tree_private(child)
+
+
+def _make_tree_private(root: Path) -> None:
+    for directory, subdirs, files in os.walk(root):
+        for name in subdirs:
+            _chmod(Path(directory, name), 0o700)
+        for name in files:
+            _chmod(Path(directory, name), 0o600)
+
+
+def _chmod(path: Path, mode: int) -> None:
+    if path.is_symlink():
+        return
+    if path.stat().st_mode & 0o7777 != mode:
+        path.chmod(mode)
 
 
 def prune_images(cache_dir: Path, *, keep: int, progress: Progress | None = None) -> list[Path]:
     """Delete all but the ``keep`` newest images in ``cache_dir``; return what was deleted.
 
     Only whole images go (cached rootfs and kernel steps stay). A running VM
-    is unaffected: QEMU holds its files open and the launcher copied the keys.
+    is unaffected: QEMU holds its files open, and its keys are its own.
     """
     images = sorted((path for path in cache_dir.iterdir() if (path / MANIFEST).is_file()),
                     key=lambda path: (path / MANIFEST).stat().st_mtime, reverse=True)
@@ -159,12 +199,10 @@ def _assemble(out: Path, rootfs: Path, kernel: Path, package: KernelPackage,
               project_root: Path, busybox: Path, extra_space_mb: int, image_key: str,
               progress: Progress) -> None:
     started = time.monotonic()
-    with progress.step("generate keys"):
-        keys = generate_keys(out / "keys")
     stage = out / "stage"
     with progress.step("stage the root tree"):
         stage_root(rootfs, stage)
-        customize(stage, keys, project_root, busybox)
+        customize(stage, project_root, busybox)
     with progress.step("make the ext4 root disk"):
         size = make_ext4(stage, out / "rootfs.ext4", extra_space_mb)
         remove_stage(stage)

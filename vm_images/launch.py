@@ -6,6 +6,10 @@ has sent its banner); ``stop()`` ends QEMU and removes the run directory.
 ``boot(image)`` is the same as a context manager. Nothing is left running
 after ``stop()`` or the end of the ``with`` block, also when start fails.
 
+Every boot gets fresh keys (``keys.py``): the guest's part goes to QEMU as a
+fw_cfg file through an inherited memfd, and only the host's part stays, in
+``run_dir/keys`` (0700, files 0600), which goes with the VM.
+
 Acceleration ("auto"): KVM only if ``/dev/kvm`` works and a guest has
 really booted to ready on it on this machine (the verdict is cached, see
 ``accel.py``); TCG otherwise. Failures raise ``GuestBootError`` naming what
@@ -14,19 +18,21 @@ happened, with the tails of the serial console and QEMU's own log.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import accel as accel_verdicts
 from . import settings
 from .image import ImagePaths, build_image
+from .keys import KeyFiles, drop_guest_secrets, generate_keys, guest_bundle
 from .probe import AgentProbe, NotReady, ProbeFailed, agent_hello, ssh_banner
 from .qemu import HOSTFWD_FAILURE, QEMU_BINARY, QemuConfig, QemuError, QemuProcess
 from .qmp import Qmp, QmpError
@@ -36,6 +42,7 @@ _T = TypeVar("_T")
 PROBE_ATTEMPT_SECONDS = 2.0
 RETRY_PAUSE_SECONDS = 0.2
 PORT_ATTEMPTS = 3
+KEY_DIR = "keys"  # in the run directory: this boot's host-side keys
 # QEMU run states after which the guest will not come up by itself.
 DEAD_RUN_STATES = {"internal-error", "guest-panicked", "shutdown", "io-error"}
 
@@ -49,13 +56,13 @@ class GuestInfo:
     """How to reach a ready guest. Every path is valid until the VM is stopped."""
 
     agent_endpoint: str          # tcp://127.0.0.1:PORT, CURVE
-    server_key: Path             # the agent's public certificate
-    client_key: Path             # the client's secret certificate
+    server_key: Path             # the agent's public certificate (this boot's)
+    client_key: Path             # the client's secret certificate (this boot's)
     ssh_host: str
     ssh_port: int
     ssh_user: str
-    ssh_key: Path                # private key authorised for ssh_user
-    known_hosts: Path            # pins the guest's host key for [127.0.0.1]:ssh_port
+    ssh_key: Path                # private key authorised for ssh_user (this boot's)
+    known_hosts: Path            # pins this boot's host key for [127.0.0.1]:ssh_port
     qga_socket: Path             # qemu-guest-agent, virtio-serial on a unix socket
     qmp_socket: Path
     serial_log: Path
@@ -110,6 +117,7 @@ class Guest:
         self._run_dir: Path | None = None
         self._process: QemuProcess | None = None
         self._info: GuestInfo | None = None
+        self._handed_over = False
 
     @property
     def info(self) -> GuestInfo:
@@ -125,6 +133,7 @@ class Guest:
         if self._given_run_dir:
             self._run_dir = self._given_run_dir
             self._run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._run_dir.chmod(0o700)
         else:
             # Under /tmp: unix socket paths must stay under 108 bytes.
             self._run_dir = Path(tempfile.mkdtemp(prefix="uvmexec-vm-"))
@@ -136,12 +145,20 @@ class Guest:
         return self._info
 
     def stop(self, timeout: float = 15.0) -> None:
-        """End QEMU (QMP quit, SIGTERM, SIGKILL) and delete the run directory."""
+        """End QEMU (QMP quit, SIGTERM, SIGKILL) and delete the run directory.
+
+        A run directory given to the constructor stays (its logs tell why a
+        boot failed), but not the VM's keys.
+        """
         if self._process is not None:
             self._process.stop(timeout)
             self._process = None
-        if self._run_dir is not None and self._given_run_dir is None:
+        if self._run_dir is None or self._handed_over:
+            return
+        if self._given_run_dir is None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
+        else:
+            shutil.rmtree(self._run_dir / KEY_DIR, ignore_errors=True)
 
     def detach(self) -> GuestInfo:
         """Leave the started VM running on its own and release every handle on it.
@@ -155,7 +172,7 @@ class Guest:
         if self._process is not None:
             self._process.close()
             self._process = None
-        self._given_run_dir = self._run_dir  # the run directory belongs to the VM now
+        self._handed_over = True  # the run directory, keys included, belongs to the VM now
         return info
 
     def __enter__(self) -> GuestInfo:
@@ -204,13 +221,14 @@ class Guest:
         assert self._run_dir is not None
         failure = ""
         for _attempt in range(PORT_ATTEMPTS):
+            keys = generate_keys(self._run_dir / KEY_DIR)
             config = QemuConfig(image=image, run_dir=self._run_dir, agent_port=_free_port(),
                                 ssh_port=_free_port(), accel=accel,
                                 memory_mb=self._memory_mb, cpus=self._cpus)
             started = time.monotonic()
             try:
-                self._process = QemuProcess.spawn(config, detached=self._detached)
-                return self._wait_ready(config, started, timeout)
+                self._process = _spawn_with_keys(config, keys, self._detached)
+                return self._wait_ready(config, keys, started, timeout)
             except QemuError as error:
                 if HOSTFWD_FAILURE not in str(error):
                     raise GuestBootError(f"cannot start QEMU: {error}") from None
@@ -222,7 +240,8 @@ class Guest:
         raise GuestBootError(f"QEMU could not bind its port forwards {PORT_ATTEMPTS} times: "
                              f"{failure}")
 
-    def _wait_ready(self, config: QemuConfig, started: float, timeout: float) -> GuestInfo:
+    def _wait_ready(self, config: QemuConfig, keys: KeyFiles, started: float,
+                    timeout: float) -> GuestInfo:
         image = config.image
         endpoint = f"tcp://127.0.0.1:{config.agent_port}"
         watch = _Watch(self._process, config, started, started + timeout)
@@ -230,7 +249,7 @@ class Guest:
             try:
                 boot_id = watch.retry(
                     f"waiting for the agent on {endpoint}",
-                    lambda limit: self._probe(endpoint, image.server_key, image.client_key, limit))
+                    lambda limit: self._probe(endpoint, keys.agent_public, keys.client_secret, limit))
             except ProbeFailed as failure:
                 raise watch.failure(f"the agent answered hello wrongly: {failure}") from None
             boot_seconds = time.monotonic() - started
@@ -241,15 +260,16 @@ class Guest:
                 ssh_seconds = time.monotonic() - started
         finally:
             watch.close()
-        known_hosts = config.run_dir / "known_hosts"
-        host_key = " ".join(image.ssh_host_key.read_text().split()[:2])
-        known_hosts.write_text(f"[127.0.0.1]:{config.ssh_port} {host_key}\n")
-        keys = _copy_keys(image, config.run_dir)
+        known_hosts = config.run_dir / KEY_DIR / "known_hosts"
+        host_key = " ".join(keys.ssh_host_public.read_text().split()[:2])
+        descriptor = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(descriptor, "w") as stream:
+            stream.write(f"[127.0.0.1]:{config.ssh_port} {host_key}\n")
         assert self._process is not None
         return GuestInfo(
-            agent_endpoint=endpoint, server_key=keys[0], client_key=keys[1],
+            agent_endpoint=endpoint, server_key=keys.agent_public, client_key=keys.client_secret,
             ssh_host="127.0.0.1", ssh_port=config.ssh_port, ssh_user=settings.SSH_USER,
-            ssh_key=keys[2], known_hosts=known_hosts, qga_socket=config.qga_socket,
+            ssh_key=keys.ssh_user_key, known_hosts=known_hosts, qga_socket=config.qga_socket,
             qmp_socket=config.qmp_socket, serial_log=config.serial_log,
             run_dir=config.run_dir, boot_id=boot_id, boot_seconds=round(boot_seconds, 2),
             ssh_seconds=None if ssh_seconds is None else round(ssh_seconds, 2),
@@ -347,21 +367,22 @@ class _Watch:
             self._qmp = None
 
 
-def _copy_keys(image: ImagePaths, run_dir: Path) -> tuple[Path, Path, Path]:
-    """Copies of the client-side keys that live as long as the VM.
+def _spawn_with_keys(config: QemuConfig, keys: KeyFiles, detached: bool) -> QemuProcess:
+    """Start QEMU with the guest's part of ``keys`` as a fw_cfg file read from an inherited memfd.
 
-    The image cache may be pruned while a VM runs; the paths handed out in
-    GuestInfo must stay valid until the VM is stopped.
+    QEMU reads it while it sets the machine up, before the guest runs. The
+    guest's secret halves are deleted from the host before QEMU starts; the
+    files ssh-keygen and pyzmq wrote them to (in the 0700 run directory) are
+    their only copies on the host's disk, for milliseconds.
     """
-    key_dir = run_dir / "keys"
-    key_dir.mkdir(mode=0o700, exist_ok=True)
-    copies = []
-    for source in (image.server_key, image.client_key, image.ssh_key):
-        target = key_dir / source.name
-        shutil.copyfile(source, target)
-        target.chmod(0o644 if source == image.server_key else 0o600)
-        copies.append(target)
-    return copies[0], copies[1], copies[2]
+    bundle = os.memfd_create("uvmexec-guest-keys")
+    try:
+        with open(bundle, "wb", closefd=False) as stream:
+            stream.write(guest_bundle(keys))
+        drop_guest_secrets(keys)
+        return QemuProcess.spawn(replace(config, keys_fd=bundle), detached=detached)
+    finally:
+        os.close(bundle)
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -5,7 +5,9 @@ uncompressed vmlinux with the loader initrd, the ext4 root on virtio-blk with
 ``snapshot=on`` (the image file never changes), virtio-rng, user-mode
 networking whose only forwards are the agent and sshd ports bound to
 127.0.0.1, a virtio-serial port for qemu-guest-agent on a unix socket, the
-serial console in a file and QMP on a unix socket.
+serial console in a file, QMP on a unix socket, and this boot's keys as the
+fw_cfg file ``settings.KEYS_FW_CFG_NAME``, read from a descriptor QEMU
+inherits (``keys_fd``: the bundle is never written to the host's disk).
 
 ``QemuProcess`` tracks the process through a pidfd, so waits are blocking
 waits with timeouts and a signal can never hit a recycled pid. ``stop()``
@@ -59,6 +61,7 @@ class QemuConfig:
     accel: str = "tcg"
     memory_mb: int = 512
     cpus: int = 2
+    keys_fd: int | None = None  # the guest's key bundle (keys.guest_bundle), inherited by QEMU
 
     @property
     def qmp_socket(self) -> Path:
@@ -93,6 +96,8 @@ class QemuConfig:
             accel = ["-accel", "tcg,thread=multi", "-cpu", "max"]
         forwards = (f"hostfwd=tcp:127.0.0.1:{self.agent_port}-:{settings.AGENT_PORT},"
                     f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:{settings.SSH_PORT}")
+        keys = [] if self.keys_fd is None else [
+            "-fw_cfg", f"name={settings.KEYS_FW_CFG_NAME},file=/proc/self/fd/{self.keys_fd}"]
         return [
             QEMU_BINARY, "-name", "uvmexec-guest", "-nodefaults", "-no-user-config",
             "-display", "none", "-vga", "none", "-machine", "pc", *accel,
@@ -108,6 +113,7 @@ class QemuConfig:
             "-device", f"virtserialport,chardev=qga0,name={settings.QGA_PORT_NAME}",
             "-serial", f"file:{self.serial_log}",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            *keys,
             # A guest panic or poweroff ends QEMU, so a failed boot fails fast.
             "-no-reboot",
         ]
@@ -136,7 +142,8 @@ class QemuProcess:
         with open(config.qemu_log, "ab") as log:
             try:
                 popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         close_fds=True)
+                                         close_fds=True,
+                                         pass_fds=() if config.keys_fd is None else (config.keys_fd,))
             except FileNotFoundError:
                 raise QemuError(f"{QEMU_BINARY} is not installed "
                                 "(Debian package qemu-system-x86)") from None

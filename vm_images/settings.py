@@ -39,6 +39,8 @@ KERNEL_MODULES: tuple[str, ...] = (
     "virtio_net",
     "virtio_console",
     "virtio_rng",
+    # /sys/firmware/qemu_fw_cfg: the guest reads its per-boot keys there.
+    "qemu_fw_cfg",
 )
 
 # Inside the guest.
@@ -47,7 +49,11 @@ SSH_PORT = 22
 SSH_USER = "root"
 QGA_PORT_NAME = "org.qemu.guest_agent.0"
 GUEST_PROJECT_DIR = "/opt/uvmexec"  # common/ and guest_agent/, on PYTHONPATH
+# The per-boot keys: PID 1 mounts a 0700 tmpfs here and unpacks into it the
+# archive the launcher handed to QEMU as the fw_cfg file KEYS_FW_CFG_NAME (see
+# keys.py). The image holds only the empty mount point.
 GUEST_KEY_DIR = "/etc/uvmexec"
+KEYS_FW_CFG_NAME = "opt/uvmexec/keys"
 GUEST_INIT = "/sbin/uvm-init"
 GUEST_BUSYBOX = "/usr/local/sbin/busybox"
 GUEST_HOSTNAME = "uvmexec-guest"

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from . import settings
 from .cache import BuildError, run, tree_bytes, tree_files
-from .keys import KeyFiles
 
 GUEST_FILES = Path(__file__).resolve().parent / "guest"
 MIB = 1 << 20
@@ -54,6 +53,8 @@ def render(template: str) -> str:
         "@GUEST_HOSTNAME@": settings.GUEST_HOSTNAME,
         "@GUEST_PROJECT_DIR@": settings.GUEST_PROJECT_DIR,
         "@AGENT_COMMAND@": agent_command(),
+        "@GUEST_KEY_DIR@": settings.GUEST_KEY_DIR,
+        "@KEYS_FW_CFG_NAME@": settings.KEYS_FW_CFG_NAME,
         "@QGA_PORT_NAME@": settings.QGA_PORT_NAME,
     }
     for placeholder, value in values.items():
@@ -64,19 +65,16 @@ def render(template: str) -> str:
     return template
 
 
-def customize(stage: Path, keys: KeyFiles, project_root: Path, busybox: Path) -> None:
-    """Add keys, configuration, PID 1, busybox and the project's packages to the tree."""
-    key_dir = settings.GUEST_KEY_DIR
-    install_file(stage, f"{key_dir}/agent.key_secret", keys.agent_secret.read_bytes(), 0o600)
-    install_file(stage, f"{key_dir}/authorized_keys/client.key",
-                 keys.client_public.read_bytes(), 0o644)
+def customize(stage: Path, project_root: Path, busybox: Path) -> None:
+    """Add configuration, PID 1, busybox and the project's packages to the tree.
+
+    No key: each boot gets its own (see keys.py); the tree holds only the
+    empty mount point ``settings.GUEST_KEY_DIR`` for them.
+    """
+    (stage / settings.GUEST_KEY_DIR.lstrip("/")).mkdir(mode=0o700)
     (stage / "root").chmod(0o700)
-    install_file(stage, "/root/.ssh/authorized_keys", keys.ssh_user_public.read_bytes(), 0o600)
-    (stage / "root/.ssh").chmod(0o700)
-    install_file(stage, "/etc/ssh/ssh_host_ed25519_key", keys.ssh_host_key.read_bytes(), 0o600)
-    install_file(stage, "/etc/ssh/ssh_host_ed25519_key.pub",
-                 keys.ssh_host_public.read_bytes(), 0o644)
-    install_file(stage, "/etc/ssh/sshd_config", (GUEST_FILES / "sshd_config").read_bytes())
+    install_file(stage, "/etc/ssh/sshd_config",
+                 render((GUEST_FILES / "sshd_config").read_text()).encode())
     install_file(stage, settings.GUEST_INIT,
                  render((GUEST_FILES / "uvm-init.sh").read_text()).encode(), 0o755)
     install_file(stage, settings.GUEST_BUSYBOX, busybox.read_bytes(), 0o755)

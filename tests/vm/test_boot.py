@@ -11,32 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import paramiko
 import pytest
 
 from vm_images import Guest, GuestBootError, GuestInfo, ImagePaths, agent_hello, build_image, settings
 from vm_images.cache import Progress, file_digest
 
+from .helpers import ssh_run
+
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(600)]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _ssh(info: GuestInfo, command: str) -> str:
-    """Run ``command`` over SSH with the generated key, the host key pinned by known_hosts."""
-    client = paramiko.SSHClient()
-    client.load_host_keys(str(info.known_hosts))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    try:
-        client.connect(info.ssh_host, port=info.ssh_port, username=info.ssh_user,
-                       key_filename=str(info.ssh_key), look_for_keys=False, allow_agent=False,
-                       timeout=30, banner_timeout=30, auth_timeout=30)
-        _stdin, stdout, stderr = client.exec_command(command, timeout=60)
-        output = stdout.read().decode()
-        assert stdout.channel.recv_exit_status() == 0, stderr.read().decode()
-        return output
-    finally:
-        client.close()
 
 
 def _process_gone(pid: int) -> bool:
@@ -56,16 +40,16 @@ def test_agent_answers_hello_with_the_boot_id_of_readiness(guest: GuestInfo) -> 
 
 
 def test_guest_runs_the_image_kernel(guest: GuestInfo, vm_image: ImagePaths) -> None:
-    assert _ssh(guest, "uname -r").strip() == vm_image.kernel_release
+    assert ssh_run(guest, "uname -r").strip() == vm_image.kernel_release
     console = guest.serial_log.read_text(errors="replace")
     assert f"uvm-init: services started on {vm_image.kernel_release}" in console
 
 
 def test_agent_runs_on_the_guests_own_python(guest: GuestInfo) -> None:
-    versions = _ssh(guest, "python3 -c 'import sys, zmq, msgpack; "
+    versions = ssh_run(guest, "python3 -c 'import sys, zmq, msgpack; "
                            "print(sys.version.split()[0], zmq.__version__, msgpack.version)'")
     assert versions.split()[:2] == ["3.11.2", "24.0.1"]
-    command_lines = _ssh(guest, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '; echo")
+    command_lines = ssh_run(guest, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '; echo")
     assert "-m guest_agent --listen tcp://0.0.0.0:5555" in command_lines
 
 
@@ -84,7 +68,7 @@ def test_qemu_guest_agent_answers_on_its_socket(guest: GuestInfo) -> None:
 
 def test_booting_leaves_the_image_unchanged(guest: GuestInfo, vm_image: ImagePaths) -> None:
     before = vm_image.rootfs.stat().st_mtime_ns
-    _ssh(guest, "echo scribble > /root/scribble && sync")
+    ssh_run(guest, "echo scribble > /root/scribble && sync")
     assert vm_image.rootfs.stat().st_mtime_ns == before
 
 
@@ -109,6 +93,7 @@ def test_up_status_down_leave_no_qemu_behind(vm_image: ImagePaths, tmp_path: Pat
     info = json.loads(started.stdout)
     try:
         assert info["running"] and not _process_gone(info["pid"])
+        assert Path(info["client_key"]).is_relative_to(tmp_path / "state")
         assert agent_hello(info["agent_endpoint"], Path(info["server_key"]),
                            Path(info["client_key"]), 10.0) == info["boot_id"]
         again = cli("up", "--image", str(vm_image.directory), "--json")
@@ -119,6 +104,7 @@ def test_up_status_down_leave_no_qemu_behind(vm_image: ImagePaths, tmp_path: Pat
         stopped = cli("down")
     assert stopped.returncode == 0 and "stopped (quit)" in stopped.stdout, stopped.stdout
     assert _process_gone(info["pid"])
+    assert not [name for name in ("client_key", "ssh_key", "known_hosts") if Path(info[name]).exists()]
     assert cli("status").returncode == 3
     assert cli("down").stdout.strip() == "not running"
 

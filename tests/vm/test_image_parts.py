@@ -6,7 +6,9 @@ import io
 import lzma
 import os
 import shutil
+import stat
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 
@@ -14,10 +16,14 @@ import pytest
 
 from vm_images import settings
 from vm_images.cache import BuildError, Progress, ensure_step, tree_digest
-from vm_images.image import BUILD_SOURCES, LAUNCH_SOURCES, PACKAGE_DIR
+from vm_images.image import BUILD_SOURCES, LAUNCH_SOURCES, MANIFEST, PACKAGE_DIR, ImagePaths, secure_cache
 from vm_images.initrd import CpioWriter
 from vm_images.kernel import extract_vmlinux
+from vm_images.keys import generate_keys, guest_bundle
+from vm_images.qemu import QemuConfig
 from vm_images.stage import GUEST_FILES, render
+
+from .helpers import _CHUNK, secrets_in
 
 WAIT = 10.0  # seconds any cross-thread wait may take before the test fails
 
@@ -27,6 +33,11 @@ def test_every_module_is_either_a_build_input_or_launcher_only() -> None:
     present |= {f"guest/{path.name}" for path in (PACKAGE_DIR / "guest").iterdir()}
     assert not set(BUILD_SOURCES) & set(LAUNCH_SOURCES)
     assert present == set(BUILD_SOURCES) | set(LAUNCH_SOURCES)
+
+
+def test_keys_are_made_at_boot_and_are_no_input_of_the_image() -> None:
+    assert "keys.py" in LAUNCH_SOURCES
+    assert not {"server_key", "client_key", "ssh_key", "ssh_host_key"} & set(ImagePaths.__dataclass_fields__)
 
 
 def test_pid1_runs_the_agent_command_line_the_readme_documents() -> None:
@@ -155,3 +166,97 @@ def test_failed_step_publishes_nothing_and_its_debris_is_cleared(tmp_path: Path)
     ensure_step(tmp_path, "step-y", lambda out: (out / "ok").touch(), Progress(io.StringIO()))
     assert list((tmp_path / "tmp").iterdir()) == []
     shutil.rmtree(tmp_path / "step-y")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_per_boot_keys_are_private_on_the_host(tmp_path: Path) -> None:
+    keys = generate_keys(tmp_path / "keys")
+    directories = {path.parent for path in vars(keys).values()} | {tmp_path / "keys"}
+    assert {_mode(path) for path in directories} == {0o700}
+    for secret in (keys.agent_secret, keys.client_secret, keys.ssh_host_key, keys.ssh_user_key):
+        assert _mode(secret) == 0o600, secret
+
+
+def test_the_guest_bundle_holds_the_guests_halves_and_nothing_else(tmp_path: Path) -> None:
+    keys = generate_keys(tmp_path / "keys")
+    with tarfile.open(fileobj=io.BytesIO(guest_bundle(keys))) as bundle:
+        members = {member.name: member for member in bundle.getmembers()}
+        contents = {name: bundle.extractfile(member).read()  # type: ignore[union-attr]
+                    for name, member in members.items() if member.isfile()}
+    assert contents == {
+        "agent.key_secret": keys.agent_secret.read_bytes(),
+        "authorized_keys/client.key": keys.client_public.read_bytes(),
+        "ssh/ssh_host_ed25519_key": keys.ssh_host_key.read_bytes(),
+        f"ssh/authorized_keys.{settings.SSH_USER}": keys.ssh_user_public.read_bytes(),
+    }
+    assert {name for name, member in members.items() if member.isdir()} == {"authorized_keys", "ssh"}
+    for member in members.values():
+        assert (member.uid, member.gid, member.mode) == (0, 0, 0o700 if member.isdir() else 0o600)
+
+
+def test_the_guest_installs_its_keys_before_its_services_and_reads_them_there() -> None:
+    key_dir = settings.GUEST_KEY_DIR
+    init = render((GUEST_FILES / "uvm-init.sh").read_text())
+    sshd = render((GUEST_FILES / "sshd_config").read_text()).splitlines()
+    assert f"HostKey {key_dir}/ssh/ssh_host_ed25519_key" in sshd
+    assert f"AuthorizedKeysFile {key_dir}/ssh/authorized_keys.%u" in sshd
+    fw_cfg = f"/sys/firmware/qemu_fw_cfg/by_name/{settings.KEYS_FW_CFG_NAME}/raw"
+    assert (init.index(f"tmpfs {key_dir}") < init.index(fw_cfg) < init.index("-m guest_agent")
+            < init.index("/usr/sbin/sshd"))
+    assert "qemu_fw_cfg" in settings.KERNEL_MODULES
+
+
+def test_qemu_hands_the_keys_over_in_fw_cfg_from_a_descriptor(tmp_path: Path) -> None:
+    image = ImagePaths(directory=tmp_path, kernel=tmp_path / "vmlinux", initrd=tmp_path / "loader.img",
+                       rootfs=tmp_path / "rootfs.ext4", kernel_release="6.1.0-0-amd64")
+    argv = QemuConfig(image=image, run_dir=tmp_path, agent_port=1, ssh_port=2, keys_fd=7).argv()
+    assert argv[argv.index("-fw_cfg") + 1] == f"name={settings.KEYS_FW_CFG_NAME},file=/proc/self/fd/7"
+
+
+def test_the_secret_detector_finds_every_generated_secret_and_no_public_key(tmp_path: Path) -> None:
+    keys = generate_keys(tmp_path / "keys")
+    for secret in (keys.agent_secret, keys.client_secret, keys.ssh_host_key, keys.ssh_user_key):
+        assert len(secrets_in(secret)) == 1, secret
+    for public in (keys.agent_public, keys.client_public, keys.ssh_host_public, keys.ssh_user_public):
+        assert secrets_in(public) == [], public
+    # Inside a disk image, also where it straddles two of the detector's reads.
+    disk = tmp_path / "disk"
+    key = keys.ssh_user_key.read_bytes()
+    disk.write_bytes(b"\0" * (_CHUNK - 20) + key + b"\0" * 4096 + keys.agent_secret.read_bytes())
+    assert len(secrets_in(disk)) == 2
+
+
+def test_secure_cache_makes_an_old_cache_private_but_leaves_the_guest_trees_alone(tmp_path: Path) -> None:
+    cache = tmp_path / "images"
+    image = cache / "0123456789abcdef0123"
+    guest_binary = cache / "parts/rootfs-x/root/usr/bin/python3"
+    for directory in (image / "keys/zmq", cache / "locks", cache / "tmp/build.1", guest_binary.parent):
+        directory.mkdir(parents=True, mode=0o755)
+    for name in (MANIFEST, "rootfs.ext4", "vmlinux", "keys/zmq/agent.key"):
+        (image / name).write_text("x")
+        (image / name).chmod(0o644)
+    (cache / "locks/0123456789abcdef0123.lock").write_text("pid 1\n")
+    guest_binary.write_text("#!")
+    guest_binary.chmod(0o755)
+    for path in cache.rglob("*"):
+        if path.is_dir():
+            path.chmod(0o755)
+    cache.chmod(0o755)
+
+    secure_cache(cache)
+
+    assert _mode(cache) == 0o700
+    for path in (cache / "parts", cache / "parts/rootfs-x", cache / "locks", cache / "tmp", image,
+                 image / "keys", image / "keys/zmq"):
+        assert _mode(path) == 0o700, path
+    for path in (image / MANIFEST, image / "rootfs.ext4", image / "vmlinux", image / "keys/zmq/agent.key",
+                 cache / "locks/0123456789abcdef0123.lock"):
+        assert _mode(path) == 0o600, path
+    # The Debian tree inside a step keeps its modes (mkfs copies them into the guest),
+    # and so does a build in progress.
+    assert _mode(guest_binary) == 0o755
+    assert _mode(cache / "parts/rootfs-x/root") == 0o755
+    assert _mode(cache / "tmp/build.1") == 0o755

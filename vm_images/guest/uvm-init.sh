@@ -23,6 +23,13 @@ $bb mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
 $bb mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
 $bb ip link set lo up
 
+# This boot's keys (agent and sshd secrets, the authorised client keys), made
+# by the launcher and handed in by QEMU as a fw_cfg file: the image holds none.
+# They live on a tmpfs only root can enter.
+$bb mount -t tmpfs -o nosuid,nodev,noexec,mode=700,size=1m tmpfs @GUEST_KEY_DIR@
+$bb tar -x -f /sys/firmware/qemu_fw_cfg/by_name/@KEYS_FW_CFG_NAME@/raw -C @GUEST_KEY_DIR@ \
+	|| say "no keys for this boot in fw_cfg @KEYS_FW_CFG_NAME@: the agent and sshd cannot start"
+
 # The agent binds every guest address, loopback included (the SSH path
 # reaches it on 127.0.0.1), so it need not wait for eth0.
 cd /
