@@ -88,6 +88,8 @@ class ProxiedExec(Exec):
             requests = [Request("start", self._ids())]
             creating = record.pending_create is not None
             if creating:
+                if record.stdin_closed_before_start:
+                    requests.insert(0, Request("close_io", {**self._ids(), "q": -1}))
                 if record.create_request_id is None:
                     record.create_request_id = self._link.new_request_id()
                 record.create_sent = True
@@ -129,8 +131,8 @@ class ProxiedExec(Exec):
         if not record.on_agent:
             with self._start_lock:
                 if not record.on_agent:
-                    # Not started yet: it will start with /dev/null for stdin. Or never started and
-                    # ended (its stdin source was closed then): nothing to do.
+                    # Not started yet: start() tells the agent before the start. Or never started
+                    # and ended (its stdin source was closed then): nothing to do.
                     if record.pending_create is not None:
                         record.close_stdin_before_start()
                     return

@@ -237,6 +237,8 @@ class RemoteExec:
         self.start_published = False
         #: Ended here after a create that got no answer: if the agent does know it, end it there.
         self.abandoned = False
+        #: close_io came before the create was sent: start() sends it ahead of the start.
+        self.stdin_closed_before_start = False
         self.create_lock = threading.Lock()
         self._events_lock = threading.Lock()
         self.exit_header: dict[str, Any] | None = None
@@ -291,14 +293,15 @@ class RemoteExec:
         self.conn.loop_thread.call(self.finish, exit_status, exited_at, False, pid)
 
     def close_stdin_before_start(self) -> None:
-        """Any thread, before the create is sent: the process will get ``/dev/null`` for stdin,
-        as ``close_io`` before start gives a local process."""
+        """Any thread, before the create is sent: stop the host's stdin reader before it began;
+        ``start()`` sends ``close_io`` between the create and the start, so the process gets
+        EOF at once (with a tty, the EOF character), as ``close_io`` before start gives a local
+        process."""
         def drop() -> None:
             if self.stdin is not None:
                 self.stdin.abort()
                 self.stdin = None
-            if self.pending_create is not None:
-                self.pending_create["stdio"]["stdin"] = False
+            self.stdin_closed_before_start = True
 
         self.conn.loop_thread.call(drop)
 

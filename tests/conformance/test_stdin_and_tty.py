@@ -83,6 +83,18 @@ def test_close_io_before_start_gives_immediate_eof(backend, tmp_path, held_fifo)
     assert out.read_bytes() == b"eof\n"
 
 
+def test_close_io_before_start_of_a_terminal_sends_eof_at_start(backend, tmp_path, held_fifo):
+    """Found by tests/differential: a proxied tty that had close_io before start got no EOF
+    character and its read blocked for ever; a local one read EOF at once."""
+    out = tmp_path / "out"
+    made = backend.create(ProcessSpec(args=["sh", "-c", "read line || echo got-eof"], terminal=True),
+                          Stdio(stdin=held_fifo, stdout=str(out)))
+    made.close_io()
+    made.start()
+    assert made.wait(timeout=20).exit_status == 0
+    assert b"got-eof" in out.read_bytes()
+
+
 def test_a_terminal_is_the_controlling_tty_of_its_own_session(backend, tmp_path):
     out = tmp_path / "out"
     script = 'test -t 0 && test -t 1 && test -t 2 && tty && [ "$(cut -d" " -f6 /proc/$$/stat)" = "$$" ]'
