@@ -98,6 +98,7 @@ class ExecCore:
         self._stdin_stop = asyncio.Event()
         self._drain = DrainSignal()
         self._pumps: list[asyncio.Task[bool]] = []
+        self._stdin_feeder: asyncio.Task[None] | None = None
         self._exit_listeners: list[Callable[[ExecStatus], None]] = []
         self.deleted = False
         #: True once force_exit ended a running process (its output was not drained).
@@ -201,14 +202,14 @@ class ExecCore:
             self._pumps.append(self.loop.create_task(pump_output(spawned.pty_master, pty_sink, self._drain, label)))
             if self._stdin is not None:
                 eof_char = termios.tcgetattr(spawned.pty_master)[6][termios.VEOF]
-                self.loop.create_task(self._feed_stdin(self._stdin, spawned.pty_master, eof_char))
+                self._stdin_feeder = self.loop.create_task(self._feed_stdin(self._stdin, spawned.pty_master, eof_char))
             return
         for fd, sink in ((spawned.stdout_fd, self._stdout), (spawned.stderr_fd, self._stderr)):
             if fd is not None and sink is not None:
                 self._pumps.append(self.loop.create_task(pump_output(fd, sink, self._drain, label)))
         if self._stdin is not None:
             if spawned.stdin_fd is not None:
-                self.loop.create_task(self._feed_stdin(self._stdin, spawned.stdin_fd, None))
+                self._stdin_feeder = self.loop.create_task(self._feed_stdin(self._stdin, spawned.stdin_fd, None))
             else:  # close_io came before start: the process got /dev/null
                 self._stdin.close()
 
@@ -246,6 +247,12 @@ class ExecCore:
                     await sink.close()
                 except (OSError, ValueError) as error:  # ValueError: a caller's file object it closed
                     log.warning("exec %s/%s: closing output: %s", self.task_id, self.exec_id, error)
+        feeder = self._stdin_feeder
+        if feeder is not None and not feeder.done():
+            # The process is gone: its stdin no longer matters, and with a tty the feeder writes to
+            # the pty master, which must not be closed (and its number reused) under it.
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
         for fd in (spawned.stdout_fd, spawned.stderr_fd, spawned.pty_master):
             if fd is not None:
                 os.close(fd)

@@ -186,3 +186,24 @@ def test_a_file_object_the_caller_closes_after_delete_is_left_alone(tmp_path):
         made.force_exit(9)
         made.delete()
     assert _wait_for(lambda: _open_fds() == before), (before, _open_fds())
+
+
+def test_a_tty_feeder_never_writes_to_a_closed_pty_master(tmp_path, caplog):
+    """BUG-19: after a tty process exited, the supervisor closed the pty master while the stdin
+    feeder could still write the terminal's EOF character to it: EBADF at best, and at worst a
+    write into whatever reused the fd number. The feeder is now ended before the close."""
+    caplog.set_level(logging.WARNING, logger="common.supervisor.streams")
+    for index in range(40):
+        fifo = tmp_path / f"in{index}"
+        os.mkfifo(fifo)
+        writer = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.write(writer, b"typed ahead\n")
+            made = LocalExec("tty-feeder", f"e{index}", ProcessSpec(args=["true"], terminal=True),
+                             Stdio(stdin=str(fifo)))
+            made.start()
+            assert made.wait(timeout=20).exit_status == 0
+            made.delete()
+        finally:
+            os.close(writer)
+    assert [record.getMessage() for record in caplog.records if "stdin pump" in record.getMessage()] == []
