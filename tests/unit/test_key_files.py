@@ -7,8 +7,10 @@ tests/reliability/test_local_trust.py.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,7 @@ from guest_agent.auth import load_authorized_keys, load_server_secret
 from host_proxy import keys as keygen_module
 from host_proxy.client import load_curve_keys
 from host_proxy.keys import keygen
-from vm_images import settings
-from vm_images.keys import generate_keys
-from vm_images.stage import install_file
+from vm_images.keys import generate_keys, guest_bundle
 
 
 def _mode(path: Path) -> int:
@@ -95,16 +95,14 @@ def test_a_failed_keygen_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_vm_image_keys_pass_the_checks_on_both_sides(tmp_path):
-    """What vm_images writes: the host side as generated, the guest side as stage.customize
-    installs it (the same install_file calls; customize itself needs a debootstrapped tree)."""
-    made = generate_keys(tmp_path / "image/keys")
+    """What vm_images makes for one boot: the host side as generated, the guest side as the
+    guest's init unpacks the fw_cfg bundle (a 0700 tmpfs at the key directory)."""
+    made = generate_keys(tmp_path / "keys")
     curve = load_curve_keys(made.agent_public, made.client_secret)
-    stage = tmp_path / "stage"
-    stage.mkdir(mode=0o755)
-    key_dir = settings.GUEST_KEY_DIR
-    install_file(stage, f"{key_dir}/agent.key_secret", made.agent_secret.read_bytes(), 0o600)
-    install_file(stage, f"{key_dir}/authorized_keys/client.key", made.client_public.read_bytes(), 0o644)
-    guest_keys = stage / key_dir.lstrip("/")
+    guest_keys = tmp_path / "guest"
+    guest_keys.mkdir(mode=0o700)
+    with tarfile.open(fileobj=io.BytesIO(guest_bundle(made))) as bundle:
+        bundle.extractall(guest_keys, filter="fully_trusted")
     public, _ = load_server_secret(str(guest_keys / "agent.key_secret"))
     assert public == curve.server_public
     assert load_authorized_keys(str(guest_keys / "authorized_keys")) == {zmq.utils.z85.decode(curve.client_public)}
