@@ -19,6 +19,7 @@ import signal as signal_module
 import struct
 import termios
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import rules
 from ..errors import InvalidArgumentError, UnavailableError, invalid_state_error
@@ -34,24 +35,38 @@ from ..state import (
     ExecStatus,
     utc_now,
 )
+from .launcher import BARE, Launcher
 from .reaper import Reaper, Watch
-from .spawn import Spawned, SpawnError, spawn
+from .spawn import Spawned, SpawnError
 from .streams import DrainSignal, InputSource, NullSink, OutputSink, pump_input, pump_output
+
+if TYPE_CHECKING:
+    from .task import TaskCore
 
 log = logging.getLogger(__name__)
 
 class Supervisor:
-    """The process supervisor of one event loop: its reaper and the execs it runs."""
+    """The process supervisor of one event loop: its reaper, the execs it runs and the tasks
+    (containers) it holds.
+
+    Tasks need ``reap_orphans=True``: a container's processes are adopted orphans (runc
+    exits after starting them), so only a child subreaper can reap them.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, reap_orphans: bool = False) -> None:
         self.loop = loop
         self.reaper = Reaper(loop, reap_orphans=reap_orphans)
         self.running: set[ExecCore] = set()
+        #: task id -> its TaskCore, from creation until deleted.
+        self.tasks: dict[str, TaskCore] = {}
 
     def close(self) -> None:
-        """Kill what still runs (its process group) and stop watching; loop thread only."""
+        """Kill what still runs (its process group), tear down every task (its runtime state
+        and mounts) and stop watching; loop thread only."""
         for core in list(self.running):
             core.force_exit(RUNNING_EXIT_STATUS)
+        for task in list(self.tasks.values()):
+            task.tear_down()
         self.reaper.close()
 
 
@@ -72,6 +87,7 @@ class ExecCore:
         bundle: str = "",
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         emit: Callable[[ExecEvent], None] | None = None,
+        launcher: Launcher = BARE,
     ) -> None:
         if spec.terminal and stderr is not None:
             raise InvalidArgumentError(
@@ -89,6 +105,7 @@ class ExecCore:
         self._stderr = stderr
         self._stdio_paths = stdio_paths
         self._emit = emit
+        self._launcher = launcher
         self._state = ExecState.CREATED
         self._pid = 0
         self._exit_status = RUNNING_EXIT_STATUS
@@ -170,7 +187,7 @@ class ExecCore:
         rules.check_start(self.task_id, self.exec_id, self._state)
         terminal = self.spec.terminal
         try:
-            spawned = spawn(
+            spawned = self._launcher.launch(
                 self.spec,
                 feed_stdin=self._stdin is not None and not self._stdin_stop.is_set(),
                 capture_stdout=self._stdout is not None,
@@ -251,6 +268,7 @@ class ExecCore:
                 os.close(fd)
         self._pty_master = None
         watch.close()
+        await self._launcher.after_exit()
         if self._state is ExecState.RUNNING:
             self._finish(exit_status, exited_at, op="exit")
 
@@ -259,10 +277,7 @@ class ExecCore:
         rules.check_kill(self.task_id, self.exec_id, self._state, signum)
         assert self._watch is not None
         if all:
-            try:
-                os.killpg(self._pid, signum)
-            except ProcessLookupError:
-                pass
+            self._launcher.signal_all(self._pid, signum)
         else:
             self._watch.signal(signum)
 

@@ -7,7 +7,7 @@ def test_common_exports():
     import common
 
     for name in ("Exec", "ExecState", "ExecStatus", "ProcessSpec", "Stdio", "User", "Rlimit",
-                 "ExecStarted", "ExecExited"):
+                 "ExecStarted", "ExecExited", "Mount", "ProcessInfo", "Task"):
         assert name in common.__all__ and hasattr(common, name), name
 
 
