@@ -21,6 +21,7 @@ from .errors import ExecError, InvalidArgumentError, describe, from_wire
 from .rules import MAX_DRAIN_TIMEOUT
 from .spec import MAX_ID_BYTES, MAX_PATH_BYTES, ProcessSpec, check_int, check_text
 from .state import ExecState, ExecStatus
+from .task import MAX_MOUNT_OPTIONS, MAX_MOUNT_TYPE_BYTES, MAX_ROOTFS_MOUNTS, Mount, ProcessInfo
 
 #: Protocol versions this code speaks, newest last.
 VERSIONS = (1,)
@@ -285,3 +286,58 @@ def choose_version(offered: object) -> int | None:
     common = [v for v in offered if isinstance(v, int) and not isinstance(v, bool) and v in VERSIONS]
     return max(common) if common else None
 
+
+
+# -- tasks -------------------------------------------------------------------------
+
+
+def mount_to_wire(mount: Mount) -> dict[str, Any]:
+    return {"type": mount.type, "source": mount.source, "options": list(mount.options)}
+
+
+def get_mounts(message: dict[str, Any], field: str) -> list[Mount]:
+    """A list of ``{type, source, options}`` maps (absent: none)."""
+    if field not in message:
+        return []
+    mounts = []
+    for index, entry in enumerate(get_list(message, field, MAX_ROOTFS_MOUNTS)):
+        if not isinstance(entry, dict):
+            raise _bad(f"{field}[{index}]", "must be a map")
+        try:
+            mounts.append(Mount(get_str(entry, "type", MAX_MOUNT_TYPE_BYTES),
+                                get_str(entry, "source", MAX_PATH_BYTES, allow_empty=True, default=""),
+                                get_list(entry, "options", MAX_MOUNT_OPTIONS) if "options" in entry else []))
+        except InvalidArgumentError as error:
+            raise _bad(f"{field}[{index}]", error.message) from None
+    return mounts
+
+
+class CreateTaskArgs:
+    """A decoded ``create_task`` request: the task (its init's stdio is as ``create``'s)."""
+
+    __slots__ = ("task_id", "handle", "bundle", "rootfs", "stdin", "stdout", "stderr", "paths", "drain_timeout")
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        self.task_id = get_str(message, "task", MAX_ID_BYTES)
+        self.handle = get_int(message, "h", 1, MAX_HANDLE) if "h" in message else None
+        self.bundle = get_str(message, "bundle", MAX_PATH_BYTES)
+        self.rootfs = get_mounts(message, "rootfs")
+        stdio = get_map(message, "stdio")
+        self.stdin = get_bool(stdio, "stdin", False)
+        self.stdout = get_bool(stdio, "stdout", False)
+        self.stderr = get_bool(stdio, "stderr", False)
+        paths = get_list(message, "paths", 3) if "paths" in message else ["", "", ""]
+        if len(paths) != 3:
+            raise _bad("paths", "must hold three paths (stdin, stdout, stderr)")
+        self.paths = tuple(check_text(path, "paths", max_bytes=MAX_PATH_BYTES) for path in paths)
+        self.drain_timeout = get_number(message, "drain_timeout", 0.0, MAX_DRAIN_TIMEOUT, 2.0)
+
+
+def process_info_to_wire(info: ProcessInfo) -> dict[str, Any]:
+    return {"pid": info.pid, "exec": info.exec_id}
+
+
+def process_info_from_wire(entry: object) -> ProcessInfo:
+    if not isinstance(entry, dict):
+        raise _bad("pids", "each entry must be a map")
+    return ProcessInfo(get_int(entry, "pid", 1, 2**31), get_str(entry, "exec", MAX_ID_BYTES, allow_empty=True))
