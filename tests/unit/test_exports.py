@@ -24,5 +24,5 @@ def test_error_exports():
 def test_host_proxy_exports():
     import host_proxy
 
-    for name in ("LocalExec", "AgentClient", "ProxiedExec"):
+    for name in ("LocalExec", "LocalTask", "AgentClient", "ProxiedExec", "ProxiedTask"):
         assert name in host_proxy.__all__ and hasattr(host_proxy, name), name
