@@ -29,6 +29,7 @@ orphan sweep cannot reap it in between.
 from __future__ import annotations
 
 import array
+import dataclasses
 import json
 import os
 import shutil
@@ -136,12 +137,14 @@ class Runc:
         return done.stdout.decode(errors="replace")
 
     def launch(self, log_path: str, args: Sequence[str], pid_file: str, *, console: ConsoleSocket | None,
-               feed_stdin: bool, capture_stdout: bool, capture_stderr: bool) -> Spawned:
+               feed_stdin: bool, capture_stdout: bool, capture_stderr: bool, umask: int | None = None) -> Spawned:
         """Run a launch (``create …`` or ``exec --detach …``; the container id last in ``args``)
         and return the container process with this side's ends of its stdio.
 
         Without ``console`` runc's stdio are the pipes asked for (``/dev/null`` otherwise),
-        which runc hands to the process; with it, the pty master it sent. Raises
+        which runc hands to the process; with it, the pty master it sent. runc runs with
+        ``umask`` (if given), which its process inherits unless the container's config sets
+        one: runc 1.1 ignores an exec's own ``user.umask``. Raises
         :class:`~common.supervisor.spawn.SpawnError` with runc's own words; nothing is left
         open then.
         """
@@ -150,7 +153,8 @@ class Runc:
         if console is not None:
             extra += ["--console-socket", console.path]
         argv = self._argv(log_path, [*args[:-1], *extra, args[-1]])
-        command = ProcessSpec(args=argv, env=[f"PATH={DEFAULT_PATH}"], user=self._identity)
+        identity = self._identity if umask is None else dataclasses.replace(self._identity, umask=umask)
+        command = ProcessSpec(args=argv, env=[f"PATH={DEFAULT_PATH}"], user=identity)
         with_tty = console is not None
         runner = spawn(command, feed_stdin=feed_stdin and not with_tty, capture_stdout=capture_stdout and not with_tty,
                        capture_stderr=capture_stderr and not with_tty)

@@ -243,7 +243,7 @@ class TaskCore:
         try:
             return self.runc.launch(self._log, [*args, self.id], self._file(".pid"), console=console,
                                     feed_stdin=feed_stdin, capture_stdout=capture_stdout,
-                                    capture_stderr=capture_stderr)
+                                    capture_stderr=capture_stderr, umask=spec.user.umask)
         finally:
             if console is not None:
                 console.close()
