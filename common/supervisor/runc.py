@@ -32,10 +32,12 @@ import array
 import dataclasses
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 
 from ..errors import UnavailableError
@@ -125,16 +127,19 @@ class Runc:
         """Run ``runc ARGS`` with no stdin; its stdout, or :class:`RuncError` with runc's words."""
         _truncate(log_path)
         try:
-            done = subprocess.run(self._argv(log_path, args), stdin=subprocess.DEVNULL, capture_output=True,
-                                  env={"PATH": DEFAULT_PATH}, timeout=self.timeout, cwd="/")
-        except subprocess.TimeoutExpired:
-            raise RuncError(f"runc {args[0]} did not finish within {self.timeout:g}s") from None
+            process = subprocess.Popen(self._argv(log_path, args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, env={"PATH": DEFAULT_PATH}, cwd="/",
+                                       process_group=0)
         except OSError as error:
             raise RuncError(f"cannot run {self.binary}: {error.strerror}") from None
-        if done.returncode != 0:
-            raise RuncError(_last_error(log_path) or done.stderr.decode(errors="replace").strip()
-                            or f"runc {args[0]} exited with status {done.returncode}")
-        return done.stdout.decode(errors="replace")
+        with process:
+            stdout, stderr, status = _collect(process, self.timeout)
+        if status is None:
+            raise RuncError(f"runc {args[0]} did not finish within {self.timeout:g}s")
+        if status != 0:
+            raise RuncError(_last_error(log_path) or stderr.decode(errors="replace").strip()
+                            or f"runc {args[0]} exited with status {status}")
+        return stdout.decode(errors="replace")
 
     def launch(self, log_path: str, args: Sequence[str], pid_file: str, *, console: ConsoleSocket | None,
                feed_stdin: bool, capture_stdout: bool, capture_stderr: bool, umask: int | None = None) -> Spawned:
@@ -161,12 +166,9 @@ class Runc:
         ends = [fd for fd in (runner.stdin_fd, runner.stdout_fd, runner.stderr_fd) if fd is not None]
         try:
             assert runner.popen is not None
-            try:
-                status = runner.popen.wait(self.timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(runner.pid, signal.SIGKILL)
-                runner.popen.wait()
-                raise SpawnError(f"runc {args[0]} did not finish within {self.timeout:g}s") from None
+            status = _wait(runner.popen, self.timeout)
+            if status is None:
+                raise SpawnError(f"runc {args[0]} did not finish within {self.timeout:g}s")
             if status != 0:
                 raise SpawnError(_last_error(log_path) or f"runc {args[0]} exited with status {status}")
             pid = _read_pid(pid_file)
@@ -189,6 +191,51 @@ class Runc:
         """The host pids of the container's processes (its cgroup's, as runc lists them)."""
         listed = json.loads(self.call(log_path, "ps", "--format", "json", container_id) or "null")
         return [pid for pid in listed or [] if isinstance(pid, int) and not isinstance(pid, bool)]
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """Wait (on a pidfd, no polling) for runc to exit and reap it: its status, or None if it
+    ran over ``timeout`` (it is killed, with its process group, and reaped then)."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:  # kernels before 5.3
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pidfd = -1
+    else:
+        try:
+            if select.select([pidfd], [], [], timeout)[0]:
+                return process.wait()
+        finally:
+            os.close(pidfd)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return None
+
+
+def _collect(process: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes, int | None]:
+    """Read runc's stdout and stderr to their ends, then reap it: (stdout, stderr, status or None
+    if it ran over ``timeout``, killed)."""
+    assert process.stdout is not None and process.stderr is not None
+    deadline = time.monotonic() + timeout
+    output: dict[int, list[bytes]] = {process.stdout.fileno(): [], process.stderr.fileno(): []}
+    open_fds = list(output)
+    while open_fds:
+        remaining = deadline - time.monotonic()
+        readable = select.select(open_fds, [], [], max(0.0, remaining))[0] if remaining > 0 else []
+        if not readable:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return b"", b"", None
+        for fd in readable:
+            chunk = os.read(fd, 65536)
+            if chunk:
+                output[fd].append(chunk)
+            else:
+                open_fds.remove(fd)
+    status = _wait(process, max(0.0, deadline - time.monotonic()))
+    return b"".join(output[process.stdout.fileno()]), b"".join(output[process.stderr.fileno()]), status
 
 
 def _read_pid(path: str) -> int:
