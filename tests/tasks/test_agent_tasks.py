@@ -124,3 +124,28 @@ def test_a_task_that_cannot_be_made_leaves_nothing(client, tmp_path, fault):
     assert mounts_at_or_under(bundle.path) == []
     assert client.stats()["execs"] == 0
     assert task_id not in runc_ids()
+
+
+def test_an_agent_that_stops_deletes_its_containers(workdir, tmp_path):
+    """SIGTERM: the agent kills what runs, then removes every container's runc state and mounts."""
+    from tests.support.agent import AgentProcess
+
+    agent = AgentProcess([f"ipc://{workdir}/stopping.sock"]).start()
+    bundle = make_bundle(tmp_path / "bundle", SLEEPER)
+    task_id = _task_id(tmp_path)
+    try:
+        with AgentClient.connect(agent.endpoints[0], timeout=10) as client:
+            task = client.create_task(task_id, bundle.path, rootfs=bundle.rootfs)
+            task.init.start()
+            made = task.create_exec("bystander", ProcessSpec(args=["sleep", "1000"]))
+            made.start()
+            pids = [info.pid for info in task.pids()]
+            assert len(pids) == 2 and task_id in runc_ids()
+            assert agent.process is not None
+            agent.process.send_signal(signal.SIGTERM)  # not agent.stop(): that kills what is left itself
+            assert agent.process.wait(30) == 0
+            assert running(pids) == []
+            assert task_id not in runc_ids()
+            assert mounts_at_or_under(bundle.path) == []
+    finally:
+        agent.stop()

@@ -6,6 +6,7 @@ import io
 import os
 import re
 import signal
+import threading
 import uuid
 
 import pytest
@@ -267,3 +268,17 @@ def test_rlimits_and_umask_of_an_exec(task_id, bundle_of, cleanup):
         rlimits=[Rlimit("RLIMIT_STACK", 4096 * 1024, 16384 * 1024), Rlimit("RLIMIT_NOFILE", 300, 300)],
         user=User(umask=0o027)))
     assert (status, out.split()) == (0, ["4096", "16384", "300", "300", "0027"])
+
+
+def test_instant_exits_are_never_lost(task_id, bundle_of, cleanup):
+    """A process that is gone before runc returns is still the supervisor's to reap: it is watched in
+    the loop step runc's exit made it known, before the agent's orphan sweep can run."""
+    task = _started(task_id, bundle_of(), cleanup)
+    made = [task.create_exec(f"quick-{index}", ProcessSpec(args=["sh", "-c", f"exit {index % 7}"]))
+            for index in range(24)]
+    threads = [threading.Thread(target=each.start) for each in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [each.wait(timeout=60).exit_status for each in made] == [index % 7 for index in range(24)]
