@@ -27,8 +27,7 @@ from common.errors import (
     UnavailableError,
     already_exists_error,
 )
-from common.rules import check_drain_timeout
-from common.spec import MAX_PATH_BYTES, ProcessSpec, Stdio, check_text
+from common.spec import ProcessSpec, Stdio
 from common.state import ExecEvent, ExecStatus
 from common.supervisor import DEFAULT_DRAIN_TIMEOUT
 from common.task import Mount
@@ -40,7 +39,7 @@ from .loop_thread import LoopThread, shared_loop
 from .proxied_exec import ProxiedExec
 from .proxied_task import ProxiedTask
 from .remote_exec import RemoteExec
-from .stdio import StdioEnds, check_creation, check_exec_ids, open_stdio
+from .stdio import StdioEnds, check_creation, check_exec_ids, check_task_creation, open_stdio
 
 
 def load_curve_keys(server_key: str | os.PathLike[str], client_key: str | os.PathLike[str]) -> CurveKeys:
@@ -276,18 +275,8 @@ class AgentClient(AgentLink):
         agent's machine), run by runc there; ``stdio``, ``on_event`` and ``drain_timeout`` are
         its init's. The agent checks the bundle's config.json and mounts ``rootfs`` onto
         ``bundle/rootfs`` now (errors are raised here); ``task.init.start()`` starts it."""
-        check_exec_ids(task_id, task_id)
-        bundle_path = os.fspath(bundle)
-        check_text(bundle_path, "bundle", max_bytes=MAX_PATH_BYTES, allow_empty=False)
-        mounts = list(rootfs or [])
-        for mount in mounts:
-            if not isinstance(mount, Mount):
-                raise InvalidArgumentError(f"rootfs: each entry must be a Mount, not {type(mount).__name__}")
-        if stdio is None:
-            stdio = Stdio()
-        if not isinstance(stdio, Stdio):
-            raise InvalidArgumentError(f"stdio must be a Stdio, not {type(stdio).__name__}")
-        drain_timeout = check_drain_timeout(drain_timeout)
+        bundle_path, mounts, stdio, drain_timeout = check_task_creation(task_id, bundle, rootfs, stdio,
+                                                                        drain_timeout)
         ends = self._reserve(task_id, task_id, stdio)
         handle = self._new_handle()
         fields = {

@@ -156,7 +156,11 @@ class ContainerExecs:
         self.task_id = f"conformance-{os.getpid()}"
         self._directory = tempfile.mkdtemp(prefix="uvm-conformance-runc-")
         self._tasks: dict[str, Any] = {}
-        self._task(self.task_id)
+        try:
+            self._task(self.task_id)
+        except BaseException:
+            self.close()
+            raise
 
     def _task(self, task_id: str) -> Any:
         from host_proxy import LocalTask

@@ -149,3 +149,23 @@ def test_an_agent_that_stops_deletes_its_containers(workdir, tmp_path):
             assert mounts_at_or_under(bundle.path) == []
     finally:
         agent.stop()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"bundle": 7}, "bundle must be a path"),
+        ({"bundle": ""}, "bundle: must not be empty"),
+        ({"rootfs": "overlay"}, "rootfs must be a list of Mounts"),
+        ({"rootfs": [("overlay", "overlay", [])]}, "rootfs: each entry must be a Mount"),
+        ({"stdio": "out.log"}, "stdio must be a Stdio"),
+        ({"drain_timeout": -1}, "invalid drain_timeout"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_is_sent(client, tmp_path, arguments, message):
+    bundle = make_bundle(tmp_path / "bundle", SLEEPER)
+    task_id = _task_id(tmp_path)
+    with pytest.raises(InvalidArgumentError, match=message):
+        client.create_task(task_id, **{"bundle": bundle.path, **arguments})
+    assert client.stats()["execs"] == 0
+    client.create_task(task_id, bundle.path).delete()  # the id was not held
