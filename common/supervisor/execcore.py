@@ -71,7 +71,12 @@ class Supervisor:
 
 
 class ExecCore:
-    """The state machine of one exec and the process it runs."""
+    """The state machine of one exec and the process it runs.
+
+    ``launcher`` starts and signals the process: a bare one by default, a container's (runc)
+    for the init and execs of a :class:`~common.supervisor.task.TaskCore`. The rules are the
+    same for all.
+    """
 
     def __init__(
         self,
