@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -169,3 +170,29 @@ def test_bad_arguments_are_refused_before_anything_is_sent(client, tmp_path, arg
         client.create_task(task_id, **{"bundle": bundle.path, **arguments})
     assert client.stats()["execs"] == 0
     client.create_task(task_id, bundle.path).delete()  # the id was not held
+
+
+def test_tasks_leave_the_agent_no_fd_no_watch_and_no_zombie(client, ipc_agent, tmp_path):
+    def one_task(number: int) -> None:
+        bundle = make_bundle(tmp_path / f"bundle-{number}", SLEEPER)
+        task = client.create_task(f"{_task_id(tmp_path)}-{number}", bundle.path, Stdio(stdout=io.BytesIO()),
+                                  rootfs=bundle.rootfs)
+        task.init.start()
+        for spec in (ProcessSpec(args=["true"]), ProcessSpec(args=["sh", "-c", "stty size"], terminal=True),
+                     ProcessSpec(args=["/no-such-program"])):
+            made = task.create_exec("e", spec, Stdio(stdout=io.BytesIO()))
+            with contextlib.suppress(InvalidArgumentError):
+                made.start()
+            made.wait(timeout=20)
+            made.delete()
+        task.init.kill(signal.SIGKILL)
+        task.init.wait(timeout=20)
+        task.delete()
+
+    one_task(0)  # the agent's first task loads what it keeps loaded
+    before = client.stats()
+    for number in range(1, 4):
+        one_task(number)
+    after = client.stats()
+    assert (after["fds"], after["watched"], after["execs"], after["running"]) == (before["fds"], 0, 0, 0)
+    assert zombies(ipc_agent.pid) == []
