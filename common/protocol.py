@@ -191,18 +191,13 @@ def get_seqs(message: dict[str, Any], field: str) -> tuple[int, int]:
 # -- requests --------------------------------------------------------------------
 
 
-class CreateArgs:
-    """A decoded ``create`` request."""
+class _StdioArgs:
+    """The fields of a request that makes an exec: which streams the client attaches, the paths
+    it reports, the drain timeout."""
 
-    __slots__ = ("task_id", "exec_id", "handle", "spec", "bundle", "stdin", "stdout", "stderr", "paths",
-                 "drain_timeout")
+    __slots__ = ("stdin", "stdout", "stderr", "paths", "drain_timeout")
 
-    def __init__(self, message: dict[str, Any]) -> None:
-        self.task_id, self.exec_id = get_exec_ids(message)
-        # The client may choose the handle, so it can route this exec's events before the reply.
-        self.handle = get_int(message, "h", 1, MAX_HANDLE) if "h" in message else None
-        self.spec = ProcessSpec.from_oci(get_map(message, "spec"))
-        self.bundle = get_str(message, "bundle", MAX_PATH_BYTES, allow_empty=True, default="")
+    def _read_stdio(self, message: dict[str, Any]) -> None:
         stdio = get_map(message, "stdio")
         self.stdin = get_bool(stdio, "stdin", False)
         self.stdout = get_bool(stdio, "stdout", False)
@@ -212,6 +207,20 @@ class CreateArgs:
             raise _bad("paths", "must hold three paths (stdin, stdout, stderr)")
         self.paths = tuple(check_text(path, "paths", max_bytes=MAX_PATH_BYTES) for path in paths)
         self.drain_timeout = get_number(message, "drain_timeout", 0.0, MAX_DRAIN_TIMEOUT, 2.0)
+
+
+class CreateArgs(_StdioArgs):
+    """A decoded ``create`` request."""
+
+    __slots__ = ("task_id", "exec_id", "handle", "spec", "bundle")
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        self.task_id, self.exec_id = get_exec_ids(message)
+        # The client may choose the handle, so it can route this exec's events before the reply.
+        self.handle = get_int(message, "h", 1, MAX_HANDLE) if "h" in message else None
+        self.spec = ProcessSpec.from_oci(get_map(message, "spec"))
+        self.bundle = get_str(message, "bundle", MAX_PATH_BYTES, allow_empty=True, default="")
+        self._read_stdio(message)
         if self.spec.terminal and self.stderr:
             raise InvalidArgumentError(
                 f"exec: '{self.exec_id}' in task: '{self.task_id}': a terminal exec cannot have a stderr target"
@@ -312,25 +321,17 @@ def get_mounts(message: dict[str, Any], field: str) -> list[Mount]:
     return mounts
 
 
-class CreateTaskArgs:
+class CreateTaskArgs(_StdioArgs):
     """A decoded ``create_task`` request: the task (its init's stdio is as ``create``'s)."""
 
-    __slots__ = ("task_id", "handle", "bundle", "rootfs", "stdin", "stdout", "stderr", "paths", "drain_timeout")
+    __slots__ = ("task_id", "handle", "bundle", "rootfs")
 
     def __init__(self, message: dict[str, Any]) -> None:
         self.task_id = get_str(message, "task", MAX_ID_BYTES)
         self.handle = get_int(message, "h", 1, MAX_HANDLE) if "h" in message else None
         self.bundle = get_str(message, "bundle", MAX_PATH_BYTES)
         self.rootfs = get_mounts(message, "rootfs")
-        stdio = get_map(message, "stdio")
-        self.stdin = get_bool(stdio, "stdin", False)
-        self.stdout = get_bool(stdio, "stdout", False)
-        self.stderr = get_bool(stdio, "stderr", False)
-        paths = get_list(message, "paths", 3) if "paths" in message else ["", "", ""]
-        if len(paths) != 3:
-            raise _bad("paths", "must hold three paths (stdin, stdout, stderr)")
-        self.paths = tuple(check_text(path, "paths", max_bytes=MAX_PATH_BYTES) for path in paths)
-        self.drain_timeout = get_number(message, "drain_timeout", 0.0, MAX_DRAIN_TIMEOUT, 2.0)
+        self._read_stdio(message)
 
 
 def process_info_to_wire(info: ProcessInfo) -> dict[str, Any]:
