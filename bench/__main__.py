@@ -33,6 +33,7 @@ FAMILIES = {
     "throughput": "bench.throughput",
     "fanout": "bench.fanout",
     "lost_agent": "bench.lost_agent",
+    "tasks": "bench.tasks",
     "guest": "bench.guest",
 }
 

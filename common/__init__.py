@@ -7,6 +7,7 @@ part that touches processes.
 from .contract import Exec
 from .spec import ProcessSpec, Rlimit, Stdio, User
 from .state import ExecExited, ExecStarted, ExecState, ExecStatus
+from .task import Mount, ProcessInfo, Task
 
 __all__ = [
     "Exec",
@@ -14,8 +15,11 @@ __all__ = [
     "ExecStarted",
     "ExecState",
     "ExecStatus",
+    "Mount",
+    "ProcessInfo",
     "ProcessSpec",
     "Rlimit",
     "Stdio",
+    "Task",
     "User",
 ]

@@ -146,5 +146,10 @@ def already_exists_error(tid: str, eid: str) -> AlreadyExistsError:
     return AlreadyExistsError(f"exec: '{eid}' in task: '{tid}' already exists")
 
 
+def task_not_found_error(tid: str) -> NotFoundError:
+    """hcsshim's message for a task id nobody created (or deleted)."""
+    return NotFoundError(f"task with id: '{tid}' not found")
+
+
 def not_a_tty_error(tid: str, eid: str) -> FailedPreconditionError:
     return FailedPreconditionError(f"exec: '{eid}' in task: '{tid}' is not a tty")

@@ -21,6 +21,7 @@ from .errors import ExecError, InvalidArgumentError, describe, from_wire
 from .rules import MAX_DRAIN_TIMEOUT
 from .spec import MAX_ID_BYTES, MAX_PATH_BYTES, ProcessSpec, check_int, check_text
 from .state import ExecState, ExecStatus
+from .task import MAX_MOUNT_OPTIONS, MAX_MOUNT_TYPE_BYTES, MAX_ROOTFS_MOUNTS, Mount, ProcessInfo
 
 #: Protocol versions this code speaks, newest last.
 VERSIONS = (1,)
@@ -190,18 +191,13 @@ def get_seqs(message: dict[str, Any], field: str) -> tuple[int, int]:
 # -- requests --------------------------------------------------------------------
 
 
-class CreateArgs:
-    """A decoded ``create`` request."""
+class _StdioArgs:
+    """The fields of a request that makes an exec: which streams the client attaches, the paths
+    it reports, the drain timeout."""
 
-    __slots__ = ("task_id", "exec_id", "handle", "spec", "bundle", "stdin", "stdout", "stderr", "paths",
-                 "drain_timeout")
+    __slots__ = ("stdin", "stdout", "stderr", "paths", "drain_timeout")
 
-    def __init__(self, message: dict[str, Any]) -> None:
-        self.task_id, self.exec_id = get_exec_ids(message)
-        # The client may choose the handle, so it can route this exec's events before the reply.
-        self.handle = get_int(message, "h", 1, MAX_HANDLE) if "h" in message else None
-        self.spec = ProcessSpec.from_oci(get_map(message, "spec"))
-        self.bundle = get_str(message, "bundle", MAX_PATH_BYTES, allow_empty=True, default="")
+    def _read_stdio(self, message: dict[str, Any]) -> None:
         stdio = get_map(message, "stdio")
         self.stdin = get_bool(stdio, "stdin", False)
         self.stdout = get_bool(stdio, "stdout", False)
@@ -211,6 +207,20 @@ class CreateArgs:
             raise _bad("paths", "must hold three paths (stdin, stdout, stderr)")
         self.paths = tuple(check_text(path, "paths", max_bytes=MAX_PATH_BYTES) for path in paths)
         self.drain_timeout = get_number(message, "drain_timeout", 0.0, MAX_DRAIN_TIMEOUT, 2.0)
+
+
+class CreateArgs(_StdioArgs):
+    """A decoded ``create`` request."""
+
+    __slots__ = ("task_id", "exec_id", "handle", "spec", "bundle")
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        self.task_id, self.exec_id = get_exec_ids(message)
+        # The client may choose the handle, so it can route this exec's events before the reply.
+        self.handle = get_int(message, "h", 1, MAX_HANDLE) if "h" in message else None
+        self.spec = ProcessSpec.from_oci(get_map(message, "spec"))
+        self.bundle = get_str(message, "bundle", MAX_PATH_BYTES, allow_empty=True, default="")
+        self._read_stdio(message)
         if self.spec.terminal and self.stderr:
             raise InvalidArgumentError(
                 f"exec: '{self.exec_id}' in task: '{self.task_id}': a terminal exec cannot have a stderr target"
@@ -285,3 +295,50 @@ def choose_version(offered: object) -> int | None:
     common = [v for v in offered if isinstance(v, int) and not isinstance(v, bool) and v in VERSIONS]
     return max(common) if common else None
 
+
+
+# -- tasks -------------------------------------------------------------------------
+
+
+def mount_to_wire(mount: Mount) -> dict[str, Any]:
+    return {"type": mount.type, "source": mount.source, "options": list(mount.options)}
+
+
+def get_mounts(message: dict[str, Any], field: str) -> list[Mount]:
+    """A list of ``{type, source, options}`` maps (absent: none)."""
+    if field not in message:
+        return []
+    mounts = []
+    for index, entry in enumerate(get_list(message, field, MAX_ROOTFS_MOUNTS)):
+        if not isinstance(entry, dict):
+            raise _bad(f"{field}[{index}]", "must be a map")
+        try:
+            mounts.append(Mount(get_str(entry, "type", MAX_MOUNT_TYPE_BYTES),
+                                get_str(entry, "source", MAX_PATH_BYTES, allow_empty=True, default=""),
+                                get_list(entry, "options", MAX_MOUNT_OPTIONS) if "options" in entry else []))
+        except InvalidArgumentError as error:
+            raise _bad(f"{field}[{index}]", error.message) from None
+    return mounts
+
+
+class CreateTaskArgs(_StdioArgs):
+    """A decoded ``create_task`` request: the task (its init's stdio is as ``create``'s)."""
+
+    __slots__ = ("task_id", "handle", "bundle", "rootfs")
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        self.task_id = get_str(message, "task", MAX_ID_BYTES)
+        self.handle = get_int(message, "h", 1, MAX_HANDLE) if "h" in message else None
+        self.bundle = get_str(message, "bundle", MAX_PATH_BYTES)
+        self.rootfs = get_mounts(message, "rootfs")
+        self._read_stdio(message)
+
+
+def process_info_to_wire(info: ProcessInfo) -> dict[str, Any]:
+    return {"pid": info.pid, "exec": info.exec_id}
+
+
+def process_info_from_wire(entry: object) -> ProcessInfo:
+    if not isinstance(entry, dict):
+        raise _bad("pids", "each entry must be a map")
+    return ProcessInfo(get_int(entry, "pid", 1, 2**31), get_str(entry, "exec", MAX_ID_BYTES, allow_empty=True))

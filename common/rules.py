@@ -21,6 +21,11 @@ delete                  exit 0      invalid state … for delete        release
 ======================  ==========  ================================  ==================
 
 After ``delete()`` every operation is ``NotFoundError`` (:func:`check_live`).
+
+A task (a container, :class:`common.task.Task`) adds containerd's rules for the
+execs inside it, with hcsshim's messages (``task_hcs.go``):
+:func:`check_task_exec` (creating one needs a RUNNING init and a fresh id) and
+:func:`check_task_delete` (not while the init runs).
 Arguments are checked after the state, as containerd and hcsshim do, except
 ``force_exit``'s status, which is checked first: a bad status is a bad call
 whatever the state.
@@ -32,7 +37,9 @@ import math
 
 from .errors import (
     DeadlineExceededError,
+    FailedPreconditionError,
     InvalidArgumentError,
+    already_exists_error,
     describe,
     invalid_state_error,
     not_a_tty_error,
@@ -121,6 +128,19 @@ def check_force_exit(state: ExecState, status: object) -> bool:
 def check_delete(tid: str, eid: str, state: ExecState) -> None:
     if state is ExecState.RUNNING:
         raise invalid_state_error(tid, eid, state, "delete")
+
+
+def check_task_exec(tid: str, eid: str, init_state: ExecState) -> None:
+    """An exec may be created in task ``tid`` only while its init runs, and never under the init's id."""
+    if eid == tid:
+        raise already_exists_error(tid, eid)
+    if init_state is not ExecState.RUNNING:
+        raise FailedPreconditionError(f"exec: '' in task: '{tid}' must be running to create additional execs")
+
+
+def check_task_delete(tid: str, init_state: ExecState) -> None:
+    """A task is deleted only once its init is not running (as the init's own delete)."""
+    check_delete(tid, tid, init_state)
 
 
 def wait_timeout_error(tid: str, eid: str, timeout: float | None) -> DeadlineExceededError:

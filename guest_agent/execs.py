@@ -8,10 +8,11 @@ reconnects or attaches later still learns how it ended.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from common import protocol
-from common.protocol import STDERR, STDOUT, CreateArgs
+from common.protocol import STDERR, STDOUT, CreateArgs, CreateTaskArgs
 from common.state import ExecStatus
 from common.supervisor import ExecCore, Supervisor
 
@@ -22,12 +23,17 @@ if TYPE_CHECKING:
 
 
 class AgentExec:
-    """An exec, its wire stdio, and the session it reports to."""
+    """An exec, its wire stdio, and the session it reports to.
 
-    def __init__(self, supervisor: Supervisor, handle: int, owner: Session, args: CreateArgs, window: int) -> None:
+    ``make_core`` makes the exec's core from its stdio ends (keywords ``stdin``, ``stdout``,
+    ``stderr``, ``stdio_paths``, ``drain_timeout``): a task's init or exec
+    (:class:`~common.supervisor.TaskCore`). By default it is a bare process of ``args.spec``.
+    """
+
+    def __init__(self, supervisor: Supervisor, handle: int, owner: Session, args: CreateArgs | CreateTaskArgs,
+                 window: int, *, make_core: Callable[..., ExecCore] | None = None) -> None:
         self.handle = handle
         self.owner: Session | None = None
-        self.set_owner(owner)
         chunk = protocol.MAX_CHUNK_BYTES
         self.sinks: dict[int, WireSink] = {}
         if args.stdout:
@@ -38,18 +44,23 @@ class AgentExec:
         self.exit_header: dict[str, Any] | None = None
         self._wire_snapshot: ExecStatus | None = None
         self._wire: dict[str, Any] = {}
-        self.core = ExecCore(
-            supervisor,
-            args.task_id,
-            args.exec_id,
-            args.spec,
-            stdin=self.stdin,
-            stdout=self.sinks.get(STDOUT),
-            stderr=self.sinks.get(STDERR),
-            stdio_paths=args.paths,  # type: ignore[arg-type]
-            bundle=args.bundle,
-            drain_timeout=args.drain_timeout,
-        )
+        stdio: dict[str, Any] = {
+            "stdin": self.stdin,
+            "stdout": self.sinks.get(STDOUT),
+            "stderr": self.sinks.get(STDERR),
+            "stdio_paths": args.paths,
+            "drain_timeout": args.drain_timeout,
+        }
+        try:
+            if make_core is None:
+                assert isinstance(args, CreateArgs)
+                self.core = ExecCore(supervisor, args.task_id, args.exec_id, args.spec, bundle=args.bundle, **stdio)
+            else:
+                self.core = make_core(**stdio)
+        except BaseException:
+            self.release()  # refused (a task that cannot be made): nothing of it stays
+            raise
+        self.set_owner(owner)
         self.core.add_exit_listener(self._on_exit)
 
     def wire_status(self) -> dict[str, Any]:

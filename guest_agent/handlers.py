@@ -8,15 +8,23 @@ are the ops that get no reply (acknowledgements, stdin data).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from common import protocol
-from common.errors import InvalidArgumentError, UnavailableError, already_exists_error, not_found_error
-from common.protocol import STREAMS, CreateArgs
+from common.errors import (
+    InvalidArgumentError,
+    UnavailableError,
+    already_exists_error,
+    not_found_error,
+    task_not_found_error,
+)
+from common.protocol import STREAMS, CreateArgs, CreateTaskArgs
 from common.spec import MAX_ID_BYTES, MAX_PATH_BYTES
+from common.supervisor import TaskCore
 
 from .execs import AgentExec
 
@@ -44,9 +52,17 @@ def op_ping(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str
     return {}
 
 
-def op_create(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
-    args = CreateArgs(message)
-    key = (args.task_id, args.exec_id)
+def _task(agent: Agent, task_id: str) -> TaskCore:
+    task = agent.supervisor.tasks.get(task_id)
+    if task is None:
+        raise task_not_found_error(task_id)
+    return task
+
+
+def _new_record(agent: Agent, session: Session, args: CreateArgs | CreateTaskArgs, exec_id: str,
+                make_core: Callable[..., Any] | None) -> AgentExec:
+    """Check the ids, the agent's capacity and the handle, then make and track the exec."""
+    key = (args.task_id, exec_id)
     if key in agent.execs:
         raise already_exists_error(*key)
     if len(agent.execs) >= agent.max_execs:
@@ -54,10 +70,36 @@ def op_create(agent: Agent, session: Session, message: dict[str, Any]) -> dict[s
     if args.handle is not None and args.handle in agent.handles:
         raise InvalidArgumentError(f"invalid message: h: handle {args.handle} is in use")
     handle = args.handle if args.handle is not None else agent.new_handle()
-    record = AgentExec(agent.supervisor, handle, session, args, agent.window)
+    record = AgentExec(agent.supervisor, handle, session, args, agent.window, make_core=make_core)
     agent.execs[key] = record
     agent.handles[record.handle] = record
-    return {"h": record.handle}
+    return record
+
+
+def op_create(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    """An exec: a bare process of the agent's machine, or with ``in_task`` one inside that task's container."""
+    args = CreateArgs(message)
+    make_core = None
+    if protocol.get_bool(message, "in_task", False):
+        task = _task(agent, args.task_id)
+        make_core = functools.partial(task.create_exec, args.exec_id, args.spec)
+    return {"h": _new_record(agent, session, args, args.exec_id, make_core).handle}
+
+
+def op_create_task(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    """A task from a bundle (rootfs mounted now); its init is the exec whose id is the task id."""
+    args = CreateTaskArgs(message)
+
+    def make_task(**stdio: Any) -> Any:
+        return TaskCore(agent.supervisor, args.task_id, args.bundle, rootfs=args.rootfs, **stdio).init
+
+    record = _new_record(agent, session, args, args.task_id, make_task)
+    return {"h": record.handle, "terminal": record.core.spec.terminal}
+
+
+def op_pids(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    task = _task(agent, protocol.get_str(message, "task", MAX_ID_BYTES))
+    return {"pids": [protocol.process_info_to_wire(info) for info in task.pids()]}
 
 
 def op_start(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
@@ -100,9 +142,16 @@ def op_force_exit(agent: Agent, session: Session, message: dict[str, Any]) -> di
 
 
 def op_delete(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    """Delete an exec; a task's init: the whole task (container, mounts, every exec of it)."""
     record = _lookup(agent, message)
-    final = record.core.delete()
-    agent.forget_exec(record)
+    task = agent.supervisor.tasks.get(record.core.task_id)
+    if task is None or record.core is not task.init:
+        final = record.core.delete()
+        agent.forget_exec(record)
+        return protocol.status_to_wire(final)
+    final = task.delete()
+    for owned in [other for other in agent.execs.values() if task.owns(other.core)]:
+        agent.forget_exec(owned)
     return protocol.status_to_wire(final)
 
 
@@ -216,6 +265,8 @@ def note_bye(agent: Agent, session: Session, message: dict[str, Any], payload: m
 REQUESTS: dict[str, Callable[..., Any]] = {
     "ping": op_ping,
     "create": op_create,
+    "create_task": op_create_task,
+    "pids": op_pids,
     "start": op_start,
     "kill": op_kill,
     "resize_pty": op_resize_pty,

@@ -1,4 +1,5 @@
-"""The host side of uvmexec: execs on this host (``LocalExec``) or behind an agent (``AgentClient``).
+"""The host side of uvmexec: execs and containers on this host (``LocalExec``, ``LocalTask``) or
+behind an agent (``AgentClient``).
 
 The public names are loaded on first use (PEP 562), so ``import host_proxy``
 (and the ``uvmexec`` command starting up) does not pay for ZeroMQ and asyncio
@@ -10,14 +11,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["AgentClient", "LocalExec", "ProxiedExec"]
+__all__ = ["AgentClient", "LocalExec", "LocalTask", "ProxiedExec", "ProxiedTask"]
 
-_WHERE = {"AgentClient": ".client", "LocalExec": ".local_exec", "ProxiedExec": ".proxied_exec"}
+_WHERE = {"AgentClient": ".client", "LocalExec": ".local_exec", "LocalTask": ".local_task",
+          "ProxiedExec": ".proxied_exec", "ProxiedTask": ".proxied_task"}
 
 if TYPE_CHECKING:
     from .client import AgentClient
     from .local_exec import LocalExec
+    from .local_task import LocalTask
     from .proxied_exec import ProxiedExec
+    from .proxied_task import ProxiedTask
 
 
 def __getattr__(name: str) -> Any:

@@ -31,6 +31,7 @@ from common.errors import (
 from common.spec import ProcessSpec, Stdio
 from common.state import ExecEvent, ExecStatus
 from common.supervisor import DEFAULT_DRAIN_TIMEOUT
+from common.task import Mount
 from common.trust import UntrustedPathError, check_ipc_endpoint, require_secret, trusted_file
 
 from .agent_link import AgentLink, Request
@@ -38,8 +39,9 @@ from .connection import Connection, CurveKeys
 from .direct import FallBack
 from .loop_thread import LoopThread, shared_loop
 from .proxied_exec import ProxiedExec
+from .proxied_task import ProxiedTask
 from .remote_exec import RemoteExec
-from .stdio import StdioEnds, check_creation, check_exec_ids, open_stdio
+from .stdio import StdioEnds, check_creation, check_exec_ids, check_task_creation, open_stdio
 
 
 def check_ipc(endpoint: str) -> None:
@@ -251,8 +253,14 @@ class AgentClient(AgentLink):
         bundle: str = "",
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         on_event: Callable[[ExecEvent], None] | None = None,
+        in_task: bool = False,
     ) -> ProxiedExec:
-        """Create an exec on the agent (state CREATED); its stdio targets are on this host."""
+        """Create an exec on the agent (state CREATED); its stdio targets are on this host.
+
+        It is a process of the agent's machine itself (hcsshim's ``ExecInHost``), or with
+        ``in_task=True`` one inside the container of task ``task_id`` (made by
+        :meth:`create_task`; :meth:`ProxiedTask.create_exec` is the way to ask for one).
+        """
         stdio, drain_timeout = check_creation(task_id, exec_id, spec, stdio, drain_timeout)
         ends = self._reserve(task_id, exec_id, stdio)
         remote = RemoteExec(
@@ -271,11 +279,58 @@ class AgentClient(AgentLink):
             "paths": list(ends.paths),
             "drain_timeout": drain_timeout,
         }
+        if in_task:
+            remote.pending_create["in_task"] = True
         # Tracked under its own handle before anything about it can arrive (a dict store is atomic).
         self._conn.execs[remote.handle] = remote
         with self._live_lock:
             self._live[(task_id, exec_id)] = remote
         return ProxiedExec(self, remote)
+
+    def create_task(
+        self,
+        task_id: str,
+        bundle: str | os.PathLike[str],
+        stdio: Stdio | None = None,
+        *,
+        rootfs: Sequence[Mount] | None = None,
+        on_event: Callable[[ExecEvent], None] | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    ) -> ProxiedTask:
+        """Create a container on the agent from the OCI bundle at ``bundle`` (a path on the
+        agent's machine), run by runc there; ``stdio``, ``on_event`` and ``drain_timeout`` are
+        its init's. The agent checks the bundle's config.json and mounts ``rootfs`` onto
+        ``bundle/rootfs`` now (errors are raised here); ``task.init.start()`` starts it."""
+        bundle_path, mounts, stdio, drain_timeout = check_task_creation(task_id, bundle, rootfs, stdio,
+                                                                        drain_timeout)
+        ends = self._reserve(task_id, task_id, stdio)
+        handle = self._new_handle()
+        fields = {
+            "task": task_id,
+            "h": handle,
+            "bundle": bundle_path,
+            "rootfs": [protocol.mount_to_wire(mount) for mount in mounts],
+            "stdio": {"stdin": ends.stdin is not None, "stdout": ends.stdout is not None,
+                      "stderr": ends.stderr is not None},
+            "paths": list(ends.paths),
+            "drain_timeout": drain_timeout,
+        }
+        try:
+            result = self.request("create_task", fields)
+            terminal = protocol.get_bool(result, "terminal")
+        except BaseException:
+            ends.release()
+            self._release(task_id, task_id)
+            raise
+        remote = RemoteExec(
+            self._conn, handle, task_id, task_id, bundle=bundle_path, terminal=terminal, paths=ends.paths,
+            stdin=ends.stdin, stdout=ends.stdout, stderr=ends.stderr, on_event=on_event,
+        )
+        remote.on_agent = True
+        self._conn.execs[handle] = remote
+        with self._live_lock:
+            self._live[(task_id, task_id)] = remote
+        return ProxiedTask(self, remote)
 
     def attach(
         self,

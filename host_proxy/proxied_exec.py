@@ -192,3 +192,28 @@ class ProxiedExec(Exec):
                 record.end_unstarted(final.exit_status, final.exited_at, final.pid)
         self._link.release(record)
         return final
+
+    @property
+    def released(self) -> bool:
+        """True once deleted (every member but ``id`` raises ``NotFoundError`` then)."""
+        return self._record.deleted
+
+    def end_with_task(self) -> None:
+        """The agent deleted this exec's task, and this exec with it: finish it here and release it.
+
+        Its exit record was sent before the agent's reply; it is waited for (at most the link's
+        answer time) so waiters get the real status. One never started ends with 0 and no events,
+        as a delete in CREATED does. Afterwards every member but ``id`` raises ``NotFoundError``.
+        """
+        record = self._record
+        if record.deleted:
+            return
+        if record.on_agent and record.final is None:
+            record.finalized.wait(self._link.answer_timeout)
+        if record.final is None:
+            if record.on_agent:
+                record.end_here(128 + 9, "its task was deleted before its exit arrived")
+            else:
+                record.end_unstarted(0)
+        self._link.release(record)
+

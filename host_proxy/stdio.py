@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from common.errors import InvalidArgumentError
 from common.rules import check_drain_timeout
-from common.spec import MAX_ID_BYTES, Stdio, check_text
+from common.spec import MAX_ID_BYTES, MAX_PATH_BYTES, Stdio, check_text
 from common.supervisor import FileObjectSink, FileObjectSource, InputSource, OutputSink, PathSink, PathSource
+from common.task import Mount
 
 
 @dataclass
@@ -43,15 +44,41 @@ def check_creation(
     check_exec_ids(task_id, exec_id)
     if not isinstance(spec, ProcessSpec):
         raise InvalidArgumentError(f"spec must be a ProcessSpec, not {type(spec).__name__}")
-    if stdio is None:
-        stdio = Stdio()
-    if not isinstance(stdio, Stdio):
-        raise InvalidArgumentError(f"stdio must be a Stdio, not {type(stdio).__name__}")
+    stdio = _check_stdio(stdio)
     if spec.terminal and stdio.stderr is not None:
         raise InvalidArgumentError(
             f"exec: '{exec_id}' in task: '{task_id}': a terminal exec cannot have a stderr target"
         )
     return stdio, check_drain_timeout(drain_timeout)
+
+
+def check_task_creation(
+    task_id: object, bundle: object, rootfs: object, stdio: object, drain_timeout: object
+) -> tuple[str, list[Mount], Stdio, float]:
+    """The creation rules of a task, checked before anything is opened or sent: the bundle path
+    as a str, the rootfs mounts as a list, the init's stdio (``Stdio()`` for None) and drain
+    timeout. What the spec says (a terminal) is for the agent to check: it reads config.json."""
+    check_exec_ids(task_id, task_id)
+    if not isinstance(bundle, (str, os.PathLike)):
+        raise InvalidArgumentError(f"bundle must be a path, not {type(bundle).__name__}")
+    bundle_path = os.fspath(bundle)
+    check_text(bundle_path, "bundle", max_bytes=MAX_PATH_BYTES, allow_empty=False)
+    if rootfs is not None and not isinstance(rootfs, (list, tuple)):
+        raise InvalidArgumentError(f"rootfs must be a list of Mounts, not {type(rootfs).__name__}")
+    mounts: list[Mount] = []
+    for mount in rootfs or ():
+        if not isinstance(mount, Mount):
+            raise InvalidArgumentError(f"rootfs: each entry must be a Mount, not {type(mount).__name__}")
+        mounts.append(mount)
+    return bundle_path, mounts, _check_stdio(stdio), check_drain_timeout(drain_timeout)
+
+
+def _check_stdio(stdio: object) -> Stdio:
+    if stdio is None:
+        return Stdio()
+    if not isinstance(stdio, Stdio):
+        raise InvalidArgumentError(f"stdio must be a Stdio, not {type(stdio).__name__}")
+    return stdio
 
 
 def open_stdio(stdio: Stdio) -> StdioEnds:

@@ -1,4 +1,4 @@
-"""The one process supervisor: spawn, reap, pump stdio, and the exec state machine."""
+"""The one process supervisor: spawn, reap, pump stdio, the exec state machine, and tasks (runc)."""
 
 from ..rules import DEFAULT_DRAIN_TIMEOUT
 from .execcore import ExecCore, Supervisor
@@ -11,6 +11,7 @@ from .streams import (
     PathSink,
     PathSource,
 )
+from .task import TaskCore
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -23,4 +24,5 @@ __all__ = [
     "PathSink",
     "PathSource",
     "Supervisor",
+    "TaskCore",
 ]

@@ -19,6 +19,7 @@ import signal as signal_module
 import struct
 import termios
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import rules
 from ..errors import InvalidArgumentError, UnavailableError, invalid_state_error
@@ -34,29 +35,48 @@ from ..state import (
     ExecStatus,
     utc_now,
 )
+from .launcher import BARE, Launcher
 from .reaper import Reaper, Watch
-from .spawn import Spawned, SpawnError, spawn
+from .spawn import Spawned, SpawnError
 from .streams import DrainSignal, InputSource, NullSink, OutputSink, pump_input, pump_output
+
+if TYPE_CHECKING:
+    from .task import TaskCore
 
 log = logging.getLogger(__name__)
 
 class Supervisor:
-    """The process supervisor of one event loop: its reaper and the execs it runs."""
+    """The process supervisor of one event loop: its reaper, the execs it runs and the tasks
+    (containers) it holds.
+
+    Tasks need ``reap_orphans=True``: a container's processes are adopted orphans (runc
+    exits after starting them), so only a child subreaper can reap them.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, reap_orphans: bool = False) -> None:
         self.loop = loop
         self.reaper = Reaper(loop, reap_orphans=reap_orphans)
         self.running: set[ExecCore] = set()
+        #: task id -> its TaskCore, from creation until deleted.
+        self.tasks: dict[str, TaskCore] = {}
 
     def close(self) -> None:
-        """Kill what still runs (its process group) and stop watching; loop thread only."""
+        """Kill what still runs (its process group), tear down every task (its runtime state
+        and mounts) and stop watching; loop thread only."""
         for core in list(self.running):
             core.force_exit(RUNNING_EXIT_STATUS)
+        for task in list(self.tasks.values()):
+            task.tear_down()
         self.reaper.close()
 
 
 class ExecCore:
-    """The state machine of one exec and the process it runs."""
+    """The state machine of one exec and the process it runs.
+
+    ``launcher`` starts and signals the process: a bare one by default, a container's (runc)
+    for the init and execs of a :class:`~common.supervisor.task.TaskCore`. The rules are the
+    same for all.
+    """
 
     def __init__(
         self,
@@ -72,6 +92,7 @@ class ExecCore:
         bundle: str = "",
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         emit: Callable[[ExecEvent], None] | None = None,
+        launcher: Launcher = BARE,
     ) -> None:
         if spec.terminal and stderr is not None:
             raise InvalidArgumentError(
@@ -89,6 +110,7 @@ class ExecCore:
         self._stderr = stderr
         self._stdio_paths = stdio_paths
         self._emit = emit
+        self._launcher = launcher
         self._state = ExecState.CREATED
         self._pid = 0
         self._exit_status = RUNNING_EXIT_STATUS
@@ -171,7 +193,7 @@ class ExecCore:
         rules.check_start(self.task_id, self.exec_id, self._state)
         terminal = self.spec.terminal
         try:
-            spawned = spawn(
+            spawned = self._launcher.launch(
                 self.spec,
                 feed_stdin=self._stdin is not None and not self._stdin_stop.is_set(),
                 capture_stdout=self._stdout is not None,
@@ -258,6 +280,7 @@ class ExecCore:
                 os.close(fd)
         self._pty_master = None
         watch.close()
+        await self._launcher.after_exit()
         if self._state is ExecState.RUNNING:
             self._finish(exit_status, exited_at, op="exit")
 
@@ -266,10 +289,7 @@ class ExecCore:
         rules.check_kill(self.task_id, self.exec_id, self._state, signum)
         assert self._watch is not None
         if all:
-            try:
-                os.killpg(self._pid, signum)
-            except ProcessLookupError:
-                pass
+            self._launcher.signal_all(self._pid, signum)
         else:
             self._watch.signal(signum)
 

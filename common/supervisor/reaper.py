@@ -72,6 +72,11 @@ class Reaper:
             loop.call_soon(self._on_sigchld)
 
     @property
+    def reaps_orphans(self) -> bool:
+        """True when this process adopts orphans and reaps them (PID 1 or a child subreaper)."""
+        return self._reap_orphans
+
+    @property
     def watched(self) -> int:
         return len(self._watches)
 

@@ -105,11 +105,12 @@ class Spawned:
     """A started process and the parent's ends of its stdio (non-blocking, close-on-exec).
 
     ``stdin_fd`` is None when stdin is ``/dev/null``; with a tty, ``pty_master``
-    carries both directions and ``stdout_fd``/``stderr_fd`` are None.
+    carries both directions and ``stdout_fd``/``stderr_fd`` are None. ``popen``
+    is None for a process this one did not spawn itself (one runc started).
     """
 
     pid: int
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | None
     stdin_fd: int | None
     stdout_fd: int | None
     stderr_fd: int | None

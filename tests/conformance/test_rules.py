@@ -130,6 +130,9 @@ def test_failed_start_names_the_cause_and_exits_with_1(backend, spec, named):
     assert events == [], "a failed start publishes no events"
 
 
+@pytest.mark.not_in_container(
+    "runc enters cwd before it drops to the user (runc 1.1 finalizeNamespace tries chdir as root "
+    "first), so in a container a user may start in a cwd it could not enter itself")
 def test_failed_start_as_a_user_who_cannot_enter_cwd(backend):
     spec = ProcessSpec(args=["true"], cwd="/root", user=_nobody())
     made = backend.create(spec)

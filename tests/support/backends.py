@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,10 +28,16 @@ class Backend:
         self._create = create
         self._made: list[Exec] = []
 
+    @property
+    def in_container(self) -> bool:
+        """The execs run inside containers (their task's), not as bare processes."""
+        return bool(getattr(self._create, "in_container", False))
+
     def new_ids(self) -> tuple[str, str]:
-        """A task id / exec id pair unique within this backend's life."""
+        """A task id / exec id pair unique within this backend's life (the task id is the
+        backend's own when its execs all run in one container)."""
         number = next(_ids)
-        return f"task-{self.name}-{number}", f"exec-{number}"
+        return getattr(self._create, "task_id", None) or f"task-{self.name}-{number}", f"exec-{number}"
 
     def create(self, spec: ProcessSpec, stdio: Stdio | None = None, *, task_id: str | None = None,
                exec_id: str | None = None, **options: Any) -> Exec:
@@ -131,6 +138,66 @@ def shared_guest(config: Any) -> Any:
         config._uvmexec_guest = guest
         config.add_cleanup(stack.close)
     return guest
+
+
+class ContainerExecs:
+    """Makes each conformance exec inside a container on this host (LocalTask, real runc).
+
+    Execs of the task id tests get from ``new_ids`` run in one container made for the whole
+    session (its init sleeps); any other task id gets a container of its own on first use.
+    Every container is deleted at the end.
+    """
+
+    in_container = True
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.task_id = f"conformance-{os.getpid()}"
+        self._directory = tempfile.mkdtemp(prefix="uvm-conformance-runc-")
+        self._tasks: dict[str, Any] = {}
+        try:
+            self._task(self.task_id)
+        except BaseException:
+            self.close()
+            raise
+
+    def _task(self, task_id: str) -> Any:
+        from host_proxy import LocalTask
+        from vm_images.busybox import make_bundle
+
+        task = self._tasks.get(task_id)
+        if task is None:
+            init = ProcessSpec(args=["sleep", "1000000"], env=["PATH=/bin:/usr/bin"])
+            bundle = make_bundle(os.path.join(self._directory, str(len(self._tasks))), init)
+            task = LocalTask(task_id, bundle.path, rootfs=bundle.rootfs)
+            self._tasks[task_id] = task
+            task.init.start()
+        return task
+
+    def __call__(self, task_id: str, exec_id: str, spec: ProcessSpec, stdio: Stdio | None = None,
+                 **options: Any) -> Exec:
+        return self._task(task_id).create_exec(exec_id, spec, stdio, **options)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        import shutil
+
+        for task in self._tasks.values():
+            with contextlib.suppress(ExecError):
+                task.init.force_exit(255)
+            with contextlib.suppress(ExecError):
+                task.delete()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+@register("local-runc")
+@contextlib.contextmanager
+def _local_runc(config: Any) -> Iterator[Callable[..., Exec]]:
+    execs = ContainerExecs()
+    try:
+        yield execs
+    finally:
+        execs.close()
 
 
 @register("qemu", needs_vm=True)

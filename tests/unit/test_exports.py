@@ -7,7 +7,7 @@ def test_common_exports():
     import common
 
     for name in ("Exec", "ExecState", "ExecStatus", "ProcessSpec", "Stdio", "User", "Rlimit",
-                 "ExecStarted", "ExecExited"):
+                 "ExecStarted", "ExecExited", "Mount", "ProcessInfo", "Task"):
         assert name in common.__all__ and hasattr(common, name), name
 
 
@@ -24,5 +24,5 @@ def test_error_exports():
 def test_host_proxy_exports():
     import host_proxy
 
-    for name in ("LocalExec", "AgentClient", "ProxiedExec"):
+    for name in ("LocalExec", "LocalTask", "AgentClient", "ProxiedExec", "ProxiedTask"):
         assert name in host_proxy.__all__ and hasattr(host_proxy, name), name
