@@ -33,6 +33,7 @@ from common.errors import (
     ExecError,
     UnavailableError,
     UnimplementedError,
+    describe,
 )
 from common.zmqloop import LoopSocket
 
@@ -43,6 +44,11 @@ if TYPE_CHECKING:
     from .remote_exec import InStream, RemoteExec
 
 log = logging.getLogger(__name__)
+
+#: Complete messages libzmq may hold for one of our sockets before the loop (or a direct request's
+#: caller) reads them: at most this many times MAX_MESSAGE_BYTES per connection (ZMQ_RCVHWM is
+#: counted in messages). Past it libzmq stops reading the socket and the agent waits.
+RECEIVE_HWM = 16
 
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -107,6 +113,8 @@ class Connection:
         self._opened: concurrent.futures.Future[dict[str, Any]] | None = None
         self._hello_id: int | None = None
         self.reconnects = 0
+        #: Why this client stopped talking to its agent for good (it broke a bound), or None.
+        self.failure: str | None = None
         #: Notified whenever ``state`` becomes "ready" or "closed" (waiters on any thread).
         self.settled = threading.Condition()
         self._socket: LoopSocket | None = None
@@ -125,8 +133,8 @@ class Connection:
         socket.setsockopt(zmq.HANDSHAKE_IVL, 2000)
         socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-        socket.setsockopt(zmq.RCVHWM, 100_000)
+        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         socket.setsockopt(zmq.SNDHWM, 100_000)
         if self.curve is not None:
             socket.setsockopt(zmq.CURVE_SERVERKEY, self.curve.server_public)
@@ -163,13 +171,14 @@ class Connection:
         """Stop talking; execs not yet exited are exited here with 255 (the agent keeps them)."""
         if self.state == "closed":
             return
-        if self.state == "ready" and self._socket is not None:
+        if self.state == "ready" and self._socket is not None and self.failure is None:
             self._socket.send([protocol.pack({"op": "bye"})])
         self.state = "closed"
         self.direct.close()
+        why = self.failure or "the client was closed"
         for remote in list(self.execs.values()):
-            remote.force_locally(255, "the client was closed")
-        self._fail_all(UnavailableError(f"the client for {self.display} is closed"))
+            remote.force_locally(255, why)
+        self._fail_all(UnavailableError(self.failure or f"the client for {self.display} is closed"))
         if self._lost_timer is not None:
             self._lost_timer.cancel()
         if self._socket is not None:
@@ -178,6 +187,17 @@ class Connection:
         if self._monitor is not None:
             self._monitor.close()
         self._settle()
+
+    def refuse_agent(self, why: str) -> None:
+        """The agent broke a bound this host holds every agent to (``why`` says which): stop
+        talking to it for good. Its execs end here with 255 and that reason; requests fail with it."""
+        if self.state == "closed":
+            return
+        self.failure = f"the agent at {self.display} sent {why}; this client no longer talks to it"
+        log.error("%s", self.failure)
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_exception(UnavailableError(self.failure))
+        self.close()
 
     def _settle(self) -> None:
         with self.settled:
@@ -194,7 +214,7 @@ class Connection:
         message is handled (so, e.g., a start is recorded before that exec's exit).
         """
         if self.state == "closed":
-            future.set_exception(UnavailableError(f"the client for {self.display} is closed"))
+            future.set_exception(UnavailableError(self.failure or f"the client for {self.display} is closed"))
             return
         if self.state == "gone" and not internal:
             future.set_exception(UnavailableError(
@@ -252,6 +272,7 @@ class Connection:
         for stream in acks:
             self._send([protocol.pack({"op": "ack", "h": stream.owner.handle, "s": stream.stream,
                                        "q": stream.written})])
+            stream.acknowledged(stream.written)
 
     def send_stdin(self, handle: int, seq: int, data: bytes) -> None:
         if self.state == "ready":
@@ -288,6 +309,12 @@ class Connection:
     # -- incoming ------------------------------------------------------------------------
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
+        # libzmq bounds each frame (MAXMSGSIZE) but delivers a message only once all its frames are
+        # in: look at its size before anything else, and drop an agent that sends more than a message.
+        problem = protocol.message_problem(frames)
+        if problem is not None:
+            self.refuse_agent(problem)
+            return
         try:
             header = protocol.unpack(frames[0].buffer)
         except ExecError as error:
@@ -295,6 +322,9 @@ class Connection:
             return
         if "id" in header:
             self._on_reply(header)
+            return
+        if len(frames[0]) > protocol.MAX_EVENT_BYTES:
+            self.refuse_agent(f"an event of {len(frames[0])} bytes (the limit is {protocol.MAX_EVENT_BYTES})")
             return
         event = header.get("ev")
         try:
@@ -404,8 +434,14 @@ class Connection:
         if not isinstance(result, dict) or not isinstance(result.get("boot_id"), str):
             self._fail_open(UnavailableError(f"the peer at {self.display} is not a uvmexec agent"))
             return
+        try:
+            window = protocol.get_int(result, "window", 1, protocol.MAX_WINDOW, default=protocol.DEFAULT_WINDOW)
+        except ExecError:
+            self.refuse_agent(f"a credit window of {describe(result.get('window'))} bytes in hello "
+                              f"(this host accepts 1 to {protocol.MAX_WINDOW})")
+            return
         self.agent_info = result
-        self.window = result.get("window", self.window) if isinstance(result.get("window"), int) else self.window
+        self.window = window
         if self.state == "connecting":
             self.boot_id = result["boot_id"]
             self.state = "ready"
@@ -451,6 +487,9 @@ class Connection:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.request("resync", {"execs": [{"h": remote.handle, "acked": remote.acked()} for remote in live]},
                      future, internal=True)
+        for remote in live:  # the agent counts its window from what the resync acknowledges
+            for stream in remote.streams.values():
+                stream.acknowledged(stream.written)
         future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(self._on_resync, done, live))
 
     def _on_resync(self, done: concurrent.futures.Future[Any], live: list[RemoteExec]) -> None:
