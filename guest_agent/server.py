@@ -20,6 +20,7 @@ import collections
 import functools
 import logging
 import os
+import resource
 import stat
 import uuid
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from common.zmqloop import LoopSocket
 
 from . import handlers
 from .auth import ZapHandler, load_authorized_keys, load_server_secret
+from .connections import ConnectionGuard, max_pending_for
 from .execs import AgentExec
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ REPLY_CACHE_BYTES = 16 * 1024 * 1024
 MAX_OUTBOX = 65536
 MAX_SESSIONS = 1024
 MAX_EXECS = 20000
+#: A connection must complete its ZMTP/CURVE handshake within this (ZMQ_HANDSHAKE_IVL, ms).
+HANDSHAKE_MS = 5000
 _RETRY_FIRST, _RETRY_MAX = 0.01, 1.0
 
 
@@ -63,8 +67,10 @@ class Session:
         self.id = session_id
         self.loop = loop
         self.version = 0
+        #: The connection that gets the session's events: its listener, routing id, and both.
         self.listener: LoopSocket | None = None
         self.routing_id: bytes | None = None
+        self.route: tuple[int, bytes] | None = None
         self.outbox: collections.deque[list[Any]] = collections.deque()
         self.replies: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
         self.reply_bytes = 0
@@ -126,6 +132,11 @@ class Session:
             # the event connection and gets this answer from the cache.
             log.debug("session %s: dropped a reply to a request-only connection", self.id)
 
+    def detach(self) -> None:
+        """The event connection is gone (or no longer this session's): send it nothing more."""
+        self.listener = self.routing_id = self.route = None
+        self.drop_pending()
+
     def drop_pending(self) -> None:
         """A resync replays what matters; anything still held is stale."""
         self.outbox.clear()
@@ -160,6 +171,7 @@ class Agent:
         self.handles: dict[int, AgentExec] = {}
         self._next_handle = 1
         self._listeners: list[LoopSocket] = []
+        self._guards: list[ConnectionGuard] = []
         self._zap: ZapHandler | None = None
         self.endpoints: list[str] = []
         try:
@@ -189,8 +201,12 @@ class Agent:
             except BaseException:
                 socket.close()
                 raise
-            listener = LoopSocket(self.loop, socket, functools.partial(self._on_message, len(self._listeners)))
+            index = len(self._listeners)
+            listener = LoopSocket(self.loop, socket, functools.partial(self._on_message, index))
             self._listeners.append(listener)
+            fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            self._guards.append(ConnectionGuard(self.loop, socket, max_pending_for(fd_limit),
+                                                functools.partial(self._connection_closed, index)))
             self.endpoints.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
 
     @staticmethod
@@ -202,6 +218,8 @@ class Agent:
         socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         socket.setsockopt(zmq.SNDHWM, 100_000)
         socket.setsockopt(zmq.RCVHWM, 10_000)
+        # libzmq's default gives a peer 30 s to finish its handshake, holding an fd all along.
+        socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if endpoint.startswith("tcp://"):
             if curve is not None:
                 socket.setsockopt(zmq.CURVE_SERVER, 1)
@@ -218,6 +236,8 @@ class Agent:
 
     def close(self) -> None:
         """Kill every running exec's process group, close the sockets (no waiting)."""
+        for guard in self._guards:
+            guard.close()
         for listener in self._listeners:
             listener.close()
         self.supervisor.close()
@@ -227,6 +247,8 @@ class Agent:
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop serving, kill what runs, reap it (within ``grace``), end every task, close."""
+        for guard in self._guards:
+            guard.close()
         for listener in self._listeners:
             listener.close()
         for core in list(self.supervisor.running):
@@ -247,6 +269,9 @@ class Agent:
     def _on_message(self, index: int, frames: list[zmq.Frame]) -> None:
         listener = self._listeners[index]
         routing_id = frames[0].bytes
+        session = self.routes.get((index, routing_id))
+        if session is None:
+            self._guards[index].spoke(routing_id, frames[0])  # past the handshake: no longer pending
         if len(frames) not in (2, 3):
             self._protocol_error(listener, routing_id, f"expected 1 or 2 frames, got {len(frames) - 1}")
             return
@@ -259,7 +284,6 @@ class Agent:
         except InvalidArgumentError as error:
             self._protocol_error(listener, routing_id, error.message)
             return
-        session = self.routes.get((index, routing_id))
         if session is not None:
             session.flush()
         op = header.get("op")
@@ -350,15 +374,17 @@ class Agent:
                 return None, {"error": full.to_wire()}
             session = Session(session_id, self.loop)
             self.sessions[session_id] = session
-        stale = self.routes.get((index, routing_id))
-        if stale is not None and stale is not session and stale.routing_id == routing_id:
-            stale.listener = stale.routing_id = None
-        self.routes[(index, routing_id)] = session
+        route = (index, routing_id)
+        stale = self.routes.get(route)
+        if stale is not None and stale is not session and stale.route == route:
+            stale.detach()
+        self.routes[route] = session
         session.version = version
         if takes_events:
             # This connection now gets the session's events (its previous route may still send requests).
             session.listener = self._listeners[index]
             session.routing_id = routing_id
+            session.route = route
         return session, {
             "result": {
                 "version": version,
@@ -379,14 +405,22 @@ class Agent:
         return False
 
     def forget_session(self, session: Session) -> None:
-        session.drop_pending()
         self.sessions.pop(session.id, None)
         for route, routed in list(self.routes.items()):
             if routed is session:
                 del self.routes[route]
-        session.listener = session.routing_id = None
+        session.detach()
         for owned in list(session.owned):
             owned.set_owner(None)
+
+    # -- connections -----------------------------------------------------------
+
+    def _connection_closed(self, index: int, routing_id: bytes) -> None:
+        """A connection that had spoken is gone (the monitor said so): forget its routing id."""
+        route = (index, routing_id)
+        session = self.routes.pop(route, None)
+        if session is not None and session.route == route:
+            session.detach()
 
     # -- execs ---------------------------------------------------------------
 

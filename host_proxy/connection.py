@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 #: caller) reads them: at most this many times MAX_MESSAGE_BYTES per connection (ZMQ_RCVHWM is
 #: counted in messages). Past it libzmq stops reading the socket and the agent waits.
 RECEIVE_HWM = 16
+#: Handshakes the agent ended without a word (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) before
+#: connecting gives up. A wrong server key ends every one; an agent shedding connections under a
+#: flood of unauthenticated ones ends only some, and libzmq retries by itself meanwhile.
+HANDSHAKE_ATTEMPTS = 5
 
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -112,6 +116,7 @@ class Connection:
         self._lost_timer: Any = None
         self._opened: concurrent.futures.Future[dict[str, Any]] | None = None
         self._hello_id: int | None = None
+        self._handshakes_ended = 0
         self.reconnects = 0
         #: Why this client stopped talking to its agent for good (it broke a bound), or None.
         self.failure: str | None = None
@@ -386,16 +391,27 @@ class Connection:
         except Exception:  # a monitor message we cannot read is not worth failing for
             return
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._handshakes_ended = 0
             if self.state in ("connecting", "lost", "gone") and self._hello_id is None:
                 self._say_hello()
         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self._fail_open(AuthenticationError(
                 f"the agent at {self.display} refused this client's key (it is not among its authorized keys)"
             ))
-        elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             self._fail_open(AuthenticationError(
                 f"the CURVE handshake with the agent at {self.display} failed (wrong server key, or not a uvmexec agent)"
             ))
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            # The agent closed the connection mid-handshake: it could not decrypt our hello (a wrong
+            # server key) -- or it is shedding connections it has not authenticated yet. Only the
+            # first fails every time: give libzmq's reconnects a few chances before saying so.
+            self._handshakes_ended += 1
+            if self._handshakes_ended >= HANDSHAKE_ATTEMPTS:
+                self._fail_open(AuthenticationError(
+                    f"the agent at {self.display} ended {self._handshakes_ended} CURVE handshakes in a row "
+                    "(a wrong server key, a peer that is not a uvmexec agent, or an agent refusing "
+                    "connections under load)"))
         elif event == zmq.EVENT_DISCONNECTED:
             if self.state == "ready":
                 self._lost()
