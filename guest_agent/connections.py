@@ -108,8 +108,8 @@ class ConnectionGuard:
         return len(self._pending)
 
     def spoke(self, routing_id: bytes, frame: zmq.Frame) -> None:
-        """The first message from ``routing_id`` (``frame`` is one of its frames): it is past the
-        handshake; remember which fd it came on."""
+        """The first message from ``routing_id`` (``frame`` is one of its frames, whose ``bytes``
+        were not read): it is past the handshake; remember which fd it came on."""
         try:
             fd = int(frame.get(_SRCFD))  # type: ignore[arg-type]
         except zmq.ZMQError:

@@ -270,8 +270,10 @@ class Agent:
         listener = self._listeners[index]
         routing_id = frames[0].bytes
         session = self.routes.get((index, routing_id))
-        if session is None:
-            self._guards[index].spoke(routing_id, frames[0])  # past the handshake: no longer pending
+        if session is None and len(frames) > 1:
+            # Past its handshake: no longer pending. (Not frames[0]: pyzmq 24 forgets a frame's
+            # properties, ZMQ_SRCFD among them, once its .bytes were read.)
+            self._guards[index].spoke(routing_id, frames[1])
         if len(frames) not in (2, 3):
             self._protocol_error(listener, routing_id, f"expected 1 or 2 frames, got {len(frames) - 1}")
             return
