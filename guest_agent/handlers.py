@@ -197,8 +197,8 @@ def note_ack(agent: Agent, session: Session, message: dict[str, Any], payload: m
     record = agent.handles.get(protocol.get_int(message, "h", 0, protocol.MAX_HANDLE))
     stream = protocol.get_int(message, "s", 1, 2)
     seq = protocol.get_int(message, "q", -1, protocol.MAX_SEQ)
-    if record is not None and record.owner is session and stream in STREAMS:
-        record.ack(stream, seq)
+    if record is not None and stream in STREAMS:
+        record.ack(session, stream, seq)
 
 
 def note_stdin(agent: Agent, session: Session, message: dict[str, Any], payload: memoryview | None) -> None:

@@ -383,7 +383,10 @@ class Agent:
         self.routes[route] = session
         session.version = version
         if takes_events:
-            # This connection now gets the session's events (its previous route may still send requests).
+            # This connection now gets the session's events. A session has one event connection:
+            # the previous one (dead, or a client opening more to make the agent hold more) is ended.
+            if session.route is not None and session.route != route:
+                self._end_connection(session.route)
             session.listener = self._listeners[index]
             session.routing_id = routing_id
             session.route = route
@@ -417,12 +420,23 @@ class Agent:
 
     # -- connections -----------------------------------------------------------
 
+    def _end_connection(self, route: tuple[int, bytes]) -> None:
+        """End a connection the agent holds no more for (libzmq closes it; its DISCONNECTED follows).
+        Whatever was sent on it is dropped with it, so replays sent there no longer count."""
+        self._guards[route[0]].end(route[1])
+        self._release_replays(route)
+
     def _connection_closed(self, index: int, routing_id: bytes) -> None:
         """A connection that had spoken is gone (the monitor said so): forget its routing id."""
         route = (index, routing_id)
         session = self.routes.pop(route, None)
         if session is not None and session.route == route:
             session.detach()
+        self._release_replays(route)
+
+    def _release_replays(self, route: tuple[int, bytes]) -> None:
+        for record in list(self.execs.values()):
+            record.connection_gone(route)
 
     # -- execs ---------------------------------------------------------------
 
