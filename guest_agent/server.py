@@ -51,10 +51,16 @@ AGENT_NAME = "uvmexec-agent/0.1.0"
 REPLY_CACHE = 1024
 #: ... and at most this many bytes of them (a few list pages), whatever the replies' sizes.
 REPLY_CACHE_BYTES = 16 * 1024 * 1024
-#: Messages held for a session that cannot take them right now.
+#: Messages held for a session whose connection cannot take them right now, and their bytes: past
+#: either, the agent ends that connection (its client reconnects and resyncs; nothing is lost).
 MAX_OUTBOX = 65536
+MAX_OUTBOX_BYTES = 64 * 1024 * 1024
 MAX_SESSIONS = 1024
 MAX_EXECS = 20000
+#: Per connection, the messages libzmq may hold to send (ZMQ_SNDHWM; past it they wait in the
+#: session's outbox) and received but not yet read (ZMQ_RCVHWM; past it libzmq stops reading).
+SEND_HWM = 1000
+RECEIVE_HWM = 1000
 #: A connection must complete its ZMTP/CURVE handshake within this (ZMQ_HANDSHAKE_IVL, ms).
 HANDSHAKE_MS = 5000
 _RETRY_FIRST, _RETRY_MAX = 0.01, 1.0
@@ -63,7 +69,8 @@ _RETRY_FIRST, _RETRY_MAX = 0.01, 1.0
 class Session:
     """One client's conversation with the agent; survives reconnects."""
 
-    def __init__(self, session_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, session_id: str, loop: asyncio.AbstractEventLoop,
+                 end_connection: Callable[[tuple[int, bytes]], None]) -> None:
         self.id = session_id
         self.loop = loop
         self.version = 0
@@ -71,7 +78,9 @@ class Session:
         self.listener: LoopSocket | None = None
         self.routing_id: bytes | None = None
         self.route: tuple[int, bytes] | None = None
+        self._end_connection = end_connection
         self.outbox: collections.deque[list[Any]] = collections.deque()
+        self.outbox_bytes = 0
         self.replies: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
         self.reply_bytes = 0
         #: Highest request id whose reply was evicted from the cache: older unknown ids are refused.
@@ -79,7 +88,6 @@ class Session:
         self.owned: set[AgentExec] = set()
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = _RETRY_FIRST
-        self._overflow_logged = False
 
     def send(self, frames: list[Any]) -> None:
         """Send to this session's current connection, holding what it cannot take yet."""
@@ -87,22 +95,35 @@ class Session:
             return  # not connected: resync replays output and exits
         if not self.outbox and self.listener.send([self.routing_id, *frames]):
             return
-        if len(self.outbox) >= MAX_OUTBOX:
-            self.outbox.popleft()
-            if not self._overflow_logged:
-                log.warning("session %s is not reading; dropping its oldest messages", self.id)
-                self._overflow_logged = True
+        size = sum(len(frame) for frame in frames)
+        if len(self.outbox) >= MAX_OUTBOX or self.outbox_bytes + size > MAX_OUTBOX_BYTES:
+            self._overflow()
+            return
         self.outbox.append(frames)
+        self.outbox_bytes += size
         self._schedule_retry()
 
+    def _overflow(self) -> None:
+        """The client does not read: end its connection rather than hold more (or drop some, which
+        would leave a gap in its streams). It reconnects, resyncs, and gets everything replayed."""
+        log.warning("session %s does not read (%d messages, %d bytes held for it): ending its connection",
+                    self.id, len(self.outbox), self.outbox_bytes)
+        route = self.route
+        self.detach()
+        if route is not None:
+            self._end_connection(route)
+
     def flush(self) -> None:
+        moved = False
         while self.outbox and self.listener is not None and self.routing_id is not None:
             if not self.listener.send([self.routing_id, *self.outbox[0]]):
+                if moved:
+                    self._retry_delay = _RETRY_FIRST  # it is reading: look again soon
                 self._schedule_retry()
                 return
-            self.outbox.popleft()
+            self.outbox_bytes -= sum(len(frame) for frame in self.outbox.popleft())
+            moved = True
         self._retry_delay = _RETRY_FIRST
-        self._overflow_logged = False
 
     def _schedule_retry(self) -> None:
         if self._retry is None:
@@ -140,6 +161,7 @@ class Session:
     def drop_pending(self) -> None:
         """A resync replays what matters; anything still held is stale."""
         self.outbox.clear()
+        self.outbox_bytes = 0
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -215,9 +237,9 @@ class Agent:
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # No ROUTER_HANDOVER: libzmq 4.3 aborts the process when a connection whose routing id was
         # handed over ends. Clients let ZeroMQ pick a fresh routing id per connection and say hello.
-        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-        socket.setsockopt(zmq.SNDHWM, 100_000)
-        socket.setsockopt(zmq.RCVHWM, 10_000)
+        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        socket.setsockopt(zmq.SNDHWM, SEND_HWM)
+        socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         # libzmq's default gives a peer 30 s to finish its handshake, holding an fd all along.
         socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if endpoint.startswith("tcp://"):
@@ -374,7 +396,7 @@ class Agent:
             if len(self.sessions) >= MAX_SESSIONS and not self._evict_idle_session():
                 full = FailedPreconditionError(f"the agent serves the maximum of {MAX_SESSIONS} sessions")
                 return None, {"error": full.to_wire()}
-            session = Session(session_id, self.loop)
+            session = Session(session_id, self.loop, self._end_connection)
             self.sessions[session_id] = session
         route = (index, routing_id)
         stale = self.routes.get(route)
@@ -433,6 +455,9 @@ class Agent:
         if session is not None and session.route == route:
             session.detach()
         self._release_replays(route)
+
+    def pending_connections(self) -> int:
+        return sum(guard.pending for guard in self._guards)
 
     def _release_replays(self, route: tuple[int, bytes]) -> None:
         for record in list(self.execs.values()):

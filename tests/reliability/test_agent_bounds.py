@@ -1,7 +1,10 @@
 """What an authenticated peer can make the agent hold: each cap, reached and held.
 
-Raw DEALER peers, including peers that never read: replays (attach and resync). Each test reads
-the agent's own counters (``stats``) through an authorized observer.
+The agent's caps (SECURITY.md, "What the agent holds for a peer") are exercised here one by one
+with raw DEALER peers — including peers that never read, which is what most of the caps are for:
+replays (attach and resync), the messages held for a session that does not read (libzmq's
+ZMQ_SNDHWM, then the session's outbox), the reply cache, sessions and execs. Each test reads the
+agent's own counters (``stats``) through an authorized observer.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import msgpack
 import pytest
 import zmq
 
+from guest_agent import server
 from host_proxy import AgentClient
 from tests.reliability.helpers import poll_agent, settle
 
@@ -149,3 +153,130 @@ def test_repeated_replays_do_not_make_the_agent_hold_a_window_each(ipc_agent, cl
     asker.request("delete", **ids)
     assert grown < 3 * WINDOW / MiB + 16, f"the agent grew by {grown:.1f} MiB"
     assert not owner.was_disconnected(0) and (other is None or not other.was_disconnected(0))
+
+
+# -- messages held for a session that does not read ----------------------------------------------------
+
+
+def _until_held_and_let_go(peer: Peer, client: AgentClient, batch: int, op: str,
+                           **fields: Any) -> tuple[int, int, int, int]:
+    """Send requests that ``peer`` never reads the replies of: until the agent holds some in the
+    session's outbox (libzmq's queue is full), then until it holds none again (it ended the
+    connection). ``(sent when it first held some, how many, sent when it let go, most bytes held)``."""
+    sent = 0
+    while sent < 50 * batch and not client.stats()["held_messages"]:
+        went = peer.flood(batch, op, **fields)
+        sent += went
+        settle(client)
+        assert went, "the agent stopped reading requests"
+    first, held = sent, client.stats()["held_messages"]
+    most = 0
+    while sent < 300 * batch:
+        went = peer.flood(batch, op, **fields)
+        sent += went
+        settle(client)
+        stats = client.stats()
+        if not stats["held_messages"] or not went:
+            break
+        most = max(most, stats["held_message_bytes"])
+    return first, held, sent, most
+
+
+def test_a_session_that_does_not_read_is_held_to_sndhwm_then_the_outbox_then_disconnected(ipc_agent, client,
+                                                                                         peers):
+    """Pings on an event connection that never reads: their replies fill the connection's libzmq
+    queue (ZMQ_SNDHWM, 1,000 messages) and a few kernel buffers, then the session's outbox
+    (MAX_OUTBOX, 65,536 messages). Past that the agent ends the connection (its client would
+    reconnect and resync). Before: libzmq's queue took 100,000 messages, and past the outbox the
+    agent dropped the oldest replies — holes in what the client was sent — and kept the connection."""
+    assert server.SEND_HWM == 1000 and server.MAX_OUTBOX == 65536
+    peer = peers("deaf", reads=False)
+    first, held, sent, _ = _until_held_and_let_go(peer, client, 1000, "ping")
+    print(f"\noutbox: {held} messages held after {first} pings; the agent let go after {sent}")
+    assert 0 < held <= first - server.SEND_HWM, f"{held} held after {first} pings"
+    assert server.MAX_OUTBOX <= sent - server.SEND_HWM, f"let go after {sent} pings"
+    assert peer.was_disconnected(30_000), "the agent kept a connection that does not read"
+    assert client.stats()["held_messages"] == 0
+
+
+def test_the_outbox_is_bounded_by_bytes_too(ipc_agent, client, peers):
+    """Status replies of ~17 KiB (an exec with four 4 KiB paths) to an event connection that does
+    not read: the outbox reaches MAX_OUTBOX_BYTES (64 MiB) long before 65,536 messages, and the
+    agent ends the connection there; its RSS grows by no more than that and libzmq's queue."""
+    path = "/" + "p" * 4095
+    peer = peers("deaf-big", reads=False)
+    asker = peers("deaf-big", events=False)
+    ids = {"task": "big", "exec": "e"}
+    asker.request("create", **ids, spec={"args": ["true"]}, stdio={}, paths=[path, path, path], bundle=path)
+    before = _rss_mib(client)
+    first, held, sent, most = _until_held_and_let_go(peer, client, 200, "status", **ids)
+    grown = client.stats()["peak_rss_kib"] / 1024 - before
+    print(f"\n{sent} status replies of ~17 KiB not read: outbox at most {most / MiB:.1f} MiB; agent peak RSS "
+          f"+{grown:.1f} MiB")
+    assert peer.was_disconnected(30_000), "the agent kept a connection that does not read"
+    asker.request("delete", **ids)
+    assert sent < server.MAX_OUTBOX // 4 and most <= server.MAX_OUTBOX_BYTES
+    assert grown < server.MAX_OUTBOX_BYTES / MiB + server.SEND_HWM * 17 / 1024 + 32
+
+
+# -- the reply cache, sessions, execs ---------------------------------------------------------------
+
+
+def test_the_reply_cache_is_bounded_by_bytes(ipc_agent, client, peers):
+    """1,000 status replies of ~17 KiB are 17 MiB: more than the cache's 16 MiB though fewer than
+    its 1,024 entries. The oldest are forgotten by bytes (a resent id that old is refused, never
+    redone), the newest are answered again from the cache."""
+    path = "/" + "p" * 4095
+    peer = peers("cache")
+    ids = {"task": "t" * 256, "exec": "e" * 256}  # the largest status: ~17 KiB
+    peer.request("create", **ids, spec={"args": ["true"]}, stdio={}, paths=[path, path, path], bundle=path)
+    first = peer.send("status", **ids)
+    peer.receive(first)
+    last = first
+    for _ in range(999):
+        last = peer.send("status", **ids)
+        peer.receive(last)
+    peer.socket.send(msgpack.packb({"id": first, "op": "status", **ids}))
+    too_old = peer.receive(first)
+    assert too_old["error"]["code"] == "failed_precondition" and "too old" in too_old["error"]["message"]
+    peer.socket.send(msgpack.packb({"id": last, "op": "status", **ids}))
+    assert "result" in peer.receive(last)
+    assert len(msgpack.packb(peer.receive(peer.send("status", **ids)))) > 16 * 1024
+    peer.request("delete", **ids)
+
+
+def test_sessions_are_capped_and_an_idle_one_makes_room(ipc_agent, peers):
+    """MAX_SESSIONS (1,024) sessions that each own an exec: one more is refused. Once one of them
+    owns nothing, a new session takes its place."""
+    peer = peers("s0")
+    for index in range(server.MAX_SESSIONS):
+        assert "result" in peer.request("hello", versions=[1], session=f"s{index}")
+        assert "result" in peer.request("create", task="sessions", exec=f"e{index}", spec={"args": ["true"]},
+                                        stdio={})
+    refused = peer.request("hello", versions=[1], session="one-too-many")
+    assert refused["error"]["code"] == "failed_precondition" and "maximum" in refused["error"]["message"]
+    assert "result" in peer.request("hello", versions=[1], session="s0")
+    peer.request("delete", task="sessions", exec="e0")
+    assert "result" in peer.request("hello", versions=[1], session="one-more")
+    assert peer.request("stats")["result"]["sessions"] == server.MAX_SESSIONS
+    for index in range(1, server.MAX_SESSIONS):
+        peer.request("delete", task="sessions", exec=f"e{index}")
+
+
+def test_execs_are_capped(ipc_agent, client, peers):
+    """MAX_EXECS (20,000) created execs: the next create is refused (unavailable) until one is deleted."""
+    peer = peers("execs")
+    batch = 1000
+    for start in range(0, server.MAX_EXECS, batch):
+        replies = peer.many([("create", {"task": "execs", "exec": f"e{index}", "spec": {"args": ["true"]},
+                                         "stdio": {}}) for index in range(start, start + batch)])
+        assert all("result" in reply for reply in replies), [r for r in replies if "result" not in r][:1]
+    refused = peer.request("create", task="execs", exec="one-too-many", spec={"args": ["true"]}, stdio={})
+    assert refused["error"]["code"] == "unavailable"
+    peer.request("delete", task="execs", exec="e0")
+    assert "result" in peer.request("create", task="execs", exec="one-more", spec={"args": ["true"]}, stdio={})
+    for start in range(1, server.MAX_EXECS, batch):
+        peer.many([("delete", {"task": "execs", "exec": f"e{index}"})
+                   for index in range(start, min(start + batch, server.MAX_EXECS))])
+    peer.request("delete", task="execs", exec="one-more")
+    assert client.stats()["execs"] == 0
