@@ -23,7 +23,7 @@ from common.errors import (
     task_not_found_error,
 )
 from common.protocol import STREAMS, CreateArgs, CreateTaskArgs
-from common.spec import MAX_ID_BYTES, MAX_PATH_BYTES
+from common.spec import MAX_ID_BYTES
 from common.supervisor import TaskCore
 
 from .execs import AgentExec
@@ -175,13 +175,22 @@ def op_stats(agent: Agent, session: Session, message: dict[str, Any]) -> dict[st
         "peak_rss_kib": memory.get("VmHWM", 0),
         "held_output_bytes": sum(sink.unacked_bytes for record in agent.execs.values()
                                  for sink in record.sinks.values()),
+        # What waits in sessions' outboxes for connections that do not read, and connections that
+        # have not spoken yet (see guest_agent/connections.py).
+        "held_messages": sum(len(held.outbox) for held in agent.sessions.values()),
+        "held_message_bytes": sum(held.outbox_bytes for held in agent.sessions.values()),
+        "pending_connections": agent.pending_connections(),
     }
 
 
-#: The largest status on the wire: four paths, two ids and fixed-size fields.
-_MAX_STATUS_BYTES = 4 * MAX_PATH_BYTES + 2 * MAX_ID_BYTES + 256
-#: Execs per ``list`` page: even a page of the largest statuses stays under the header limit.
-LIST_PAGE = protocol.MAX_HEADER_BYTES // _MAX_STATUS_BYTES * 4 // 5
+#: A ``list`` page holds statuses up to about this many bytes (and at least one): a reply stays
+#: small whatever the paths, so even a client that asks and never reads makes libzmq hold little.
+LIST_PAGE_BYTES = 256 * 1024
+
+
+def _status_bytes(status: dict[str, Any]) -> int:
+    """About what a status map takes on the wire: its strings and a bound for the rest."""
+    return 160 + sum(len(value.encode()) for value in status.values() if isinstance(value, str))
 
 
 def op_list(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
@@ -189,11 +198,15 @@ def op_list(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str
     following page (None at the end)."""
     after = protocol.get_int(message, "after", 0, protocol.MAX_HANDLE, default=0)
     handles = sorted(handle for handle in agent.handles if handle > after)
-    page = handles[:LIST_PAGE]
-    return {
-        "execs": [protocol.status_to_wire(agent.handles[handle].core.snapshot) for handle in page],
-        "next": page[-1] if len(handles) > LIST_PAGE else None,
-    }
+    page: list[dict[str, Any]] = []
+    size = 0
+    for handle in handles:
+        status = protocol.status_to_wire(agent.handles[handle].core.snapshot)
+        size += _status_bytes(status)
+        if page and size > LIST_PAGE_BYTES:
+            break
+        page.append(status)
+    return {"execs": page, "next": handles[len(page) - 1] if len(page) < len(handles) else None}
 
 
 def op_attach(agent: Agent, session: Session, message: dict[str, Any]) -> Then:
@@ -246,8 +259,8 @@ def note_ack(agent: Agent, session: Session, message: dict[str, Any], payload: m
     record = agent.handles.get(protocol.get_int(message, "h", 0, protocol.MAX_HANDLE))
     stream = protocol.get_int(message, "s", 1, 2)
     seq = protocol.get_int(message, "q", -1, protocol.MAX_SEQ)
-    if record is not None and record.owner is session and stream in STREAMS:
-        record.ack(stream, seq)
+    if record is not None and stream in STREAMS:
+        record.ack(session, stream, seq)
 
 
 def note_stdin(agent: Agent, session: Session, message: dict[str, Any], payload: memoryview | None) -> None:

@@ -35,6 +35,8 @@ class WireSink(OutputSink):
         self._unacked_bytes = 0
         self._credit: asyncio.Future[None] | None = None
         self._aborted = False
+        #: A replay is due: new chunks are kept (and numbered) but not sent; the replay sends them.
+        self.holding = False
 
     @property
     def unacked_bytes(self) -> int:
@@ -54,7 +56,8 @@ class WireSink(OutputSink):
         self.last_seq += 1
         self._unacked.append((self.last_seq, chunk))
         self._unacked_bytes += len(chunk)
-        self._send_chunk(self.last_seq, chunk)
+        if not self.holding:
+            self._send_chunk(self.last_seq, chunk)
 
     def ack(self, seq: int) -> None:
         """The host wrote every chunk up to ``seq``: free them and let the pump go on."""
@@ -66,11 +69,14 @@ class WireSink(OutputSink):
                 self._credit.set_result(None)
             self._credit = None
 
-    def replay(self, after_seq: int) -> None:
-        """Send again every unacknowledged chunk numbered after ``after_seq``."""
+    def replay(self, after_seq: int) -> int:
+        """Send again every unacknowledged chunk numbered after ``after_seq``; the bytes sent."""
+        sent = 0
         for seq, chunk in self._unacked:
             if seq > after_seq:
                 self._send_chunk(seq, chunk)
+                sent += len(chunk)
+        return sent
 
     async def close(self) -> None:
         return None  # unacknowledged chunks stay for replay until the exec is deleted

@@ -225,6 +225,14 @@ class AgentClient(AgentLink):
         return dict(self._conn.agent_info)
 
     @property
+    def failure(self) -> str | None:
+        """Why this client stopped talking to its agent for good, or None. It does so when the
+        agent breaks a bound every agent is held to (a message over the size limits, output past
+        the credit window, a window over the limit): its execs then ended with 255, and every
+        request fails with this reason (SECURITY.md, "The host side")."""
+        return self._conn.failure
+
+    @property
     def reconnects(self) -> int:
         """How many times the connection came back after a loss (or found the agent restarted)."""
         return self._conn.reconnects

@@ -81,6 +81,12 @@ class ProxiedExec(Exec):
     def status(self) -> ExecStatus:
         return self._live().status()
 
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the host ended this exec (with 255) without the agent's exit record — the agent
+        stayed unreachable, restarted, forgot it, broke a bound, or the client was closed — or None."""
+        return self._live().forced_reason
+
     def start(self) -> None:
         with self._start_lock:  # one start at a time: the second sees the first's outcome
             record = self._live()
