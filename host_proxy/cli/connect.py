@@ -68,7 +68,7 @@ def connect(args: argparse.Namespace, *, allow_embedded: bool, debug: bool = Fal
 
             info = vm_images.status()
             if info is None:
-                raise CliError("no VM runs (start one with 'uvmexec vm up')", Exit.UNAVAILABLE)
+                raise CliError("no VM runs (start one with 'uvmexec vm up')", Exit.FAILED)
         where = f"the VM's agent at {info.agent_endpoint}"
         with _open(info.agent_endpoint, where, args.timeout, server_key=str(info.server_key),
                    client_key=str(info.client_key)) as client:
@@ -130,18 +130,18 @@ def _precheck(endpoint: str) -> None:
         try:
             mode = os.stat(path).st_mode
         except FileNotFoundError:
-            raise CliError(f"no agent at {endpoint}: {path} does not exist", Exit.UNAVAILABLE) from None
+            raise CliError(f"no agent at {endpoint}: {path} does not exist", Exit.FAILED) from None
         except OSError as error:
-            raise CliError(f"cannot reach the agent at {endpoint}: {error.strerror}", Exit.UNAVAILABLE) from None
+            raise CliError(f"cannot reach the agent at {endpoint}: {error.strerror}", Exit.FAILED) from None
         if not stat.S_ISSOCK(mode):
-            raise CliError(f"no agent at {endpoint}: {path} is not a socket", Exit.UNAVAILABLE)
+            raise CliError(f"no agent at {endpoint}: {path} is not a socket", Exit.FAILED)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
         except OSError as error:
             if error.errno in (errno.ECONNREFUSED, errno.ENOENT):
                 raise CliError(f"no agent at {endpoint}: the socket refuses connections "
-                               "(the agent is not running)", Exit.UNAVAILABLE) from None
+                               "(the agent is not running)", Exit.FAILED) from None
             # EACCES and the like: let the real connection report it.
         finally:
             probe.close()
@@ -154,9 +154,9 @@ def _precheck(endpoint: str) -> None:
             with socket.create_connection((host, int(port)), timeout=2.0):
                 pass
         except ConnectionRefusedError:
-            raise CliError(f"cannot reach the agent at {endpoint}: connection refused", Exit.UNAVAILABLE) from None
+            raise CliError(f"cannot reach the agent at {endpoint}: connection refused", Exit.FAILED) from None
         except socket.gaierror as error:
-            raise CliError(f"cannot reach the agent at {endpoint}: {error.strerror}", Exit.UNAVAILABLE) from None
+            raise CliError(f"cannot reach the agent at {endpoint}: {error.strerror}", Exit.FAILED) from None
         except OSError:
             return  # timeouts and routes: the library's own deadline decides
 

@@ -98,7 +98,7 @@ class PrivateAgent:
             exited = self.process.poll()
             self.stop()
             state = f"exited with {exited}" if exited is not None else f"not ready within {self.ready_timeout:g}s"
-            raise CliError(f"the private agent {state}: {detail}", Exit.UNAVAILABLE)
+            raise CliError(f"the private agent {state}: {detail}", Exit.FAILED)
         self.endpoint = line.decode().split()[2]
         self.startup_seconds = time.monotonic() - self._began
         return self

@@ -271,7 +271,7 @@ class _Supervisor:
             stuck = any(now - sent > STUCK_AFTER for sent in self.pending.values())
         if stuck:
             raise _GaveUp(f"{why}, and {self.where} does not answer: giving up on the command "
-                          "(it may still run there)", Exit.UNAVAILABLE)
+                          "(it may still run there)", Exit.FAILED)
 
     def _submit(self, request: Callable[..., None], *args: object) -> None:
         future = self.requests.submit(request, *args)

@@ -137,7 +137,7 @@ def _boot(display: ProgressDisplay, image: Any, **options: Any) -> Any:
     try:
         info = vm_images.up(image, **options)
     except (vm_images.GuestBootError, vm_images.QemuError) as error:
-        raise CliError(f"the VM did not boot: {error}", Exit.UNAVAILABLE) from None
+        raise CliError(f"the VM did not boot: {error}", Exit.FAILED) from None
     display.done(f"VM ready in {info.boot_seconds:.1f}s ({info.accel}), agent at {info.agent_endpoint}")
     return info
 

@@ -58,7 +58,7 @@ def test_bad_usage_exits_125(tmp_path, args):
 @pytest.mark.timeout(60)
 def test_an_agent_socket_that_does_not_exist(tmp_path):
     result = run_cli(["run", "--guest", f"ipc://{tmp_path}/nobody.sock", "--", "true"], tmp_path)
-    assert result.returncode == 69
+    assert result.returncode == 125
     assert f"ipc://{tmp_path}/nobody.sock" in _one_line(result)
 
 
@@ -68,7 +68,7 @@ def test_an_agent_socket_nobody_listens_on(tmp_path):
     stale.bind(str(tmp_path / "stale.sock"))
     stale.close()  # the file stays, as after an agent crash
     result = run_cli(["run", "--guest", f"ipc://{tmp_path}/stale.sock", "--", "true"], tmp_path)
-    assert result.returncode == 69
+    assert result.returncode == 125
     assert "not running" in _one_line(result)
 
 
@@ -78,7 +78,7 @@ def test_a_tcp_agent_that_refuses(tmp_path):
         placeholder.bind(("127.0.0.1", 0))
         port = placeholder.getsockname()[1]  # bound, not listening: connections are refused
         result = run_cli(["run", "--guest", f"tcp://127.0.0.1:{port}", "--insecure", "--", "true"], tmp_path)
-    assert result.returncode == 69
+    assert result.returncode == 125
     assert f"tcp://127.0.0.1:{port}" in _one_line(result)
 
 
@@ -89,7 +89,7 @@ def test_a_silent_agent_times_out(tmp_path):
         silent.listen()  # accepts TCP (as a user-mode NAT does) but never speaks
         endpoint = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
         result = run_cli(["run", "--guest", endpoint, "--insecure", "--timeout", "1", "--", "true"], tmp_path)
-    assert result.returncode == 69
+    assert result.returncode == 125
     assert endpoint in _one_line(result)
 
 
@@ -107,7 +107,7 @@ def test_a_client_key_the_agent_does_not_know(tmp_path, curve_agent):
     stranger = Keys.create(str(tmp_path / "stranger"))
     result = run_cli(["run", "--guest", agent.endpoints[0], "--server-key", keys.agent_public,
                       "--client-key", stranger.client_secret, "--", "true"], tmp_path)
-    assert result.returncode == 77
+    assert result.returncode == 125
     assert "refused this client's key" in _one_line(result)
 
 
@@ -117,7 +117,7 @@ def test_a_wrong_server_key(tmp_path, curve_agent):
     impostor = Keys.create(str(tmp_path / "impostor"))
     result = run_cli(["run", "--guest", agent.endpoints[0], "--server-key", impostor.agent_public,
                       "--client-key", keys.client_secret, "--", "true"], tmp_path)
-    assert result.returncode == 77
+    assert result.returncode == 125
     assert agent.endpoints[0] in _one_line(result)
 
 
@@ -126,7 +126,7 @@ def test_an_unusable_key_file(tmp_path, curve_agent):
     agent, keys = curve_agent
     result = run_cli(["run", "--guest", agent.endpoints[0], "--server-key", keys.agent_public,
                       "--client-key", keys.client_public, "--", "true"], tmp_path)  # public, not secret
-    assert result.returncode == 77
+    assert result.returncode == 125
     assert "no secret key" in _one_line(result)
 
 
@@ -173,7 +173,7 @@ def test_run_over_ssh_and_its_key_errors(tmp_path, curve_agent, sshd):
     assert (result.returncode, result.stdout, result.stderr) == (0, b"tunnelled\n", b"")
     stranger = sshd.new_user_key(authorize=False)
     refused = run_cli(["run", *common, "--ssh-key", str(stranger), "--", "true"], tmp_path)
-    assert refused.returncode == 77
+    assert refused.returncode == 125
     assert "rejected key" in _one_line(refused)
 
 
@@ -195,7 +195,7 @@ def test_ctrl_c_gets_you_out_when_the_agent_is_lost(tmp_path, ipc_agent):
                 process.wait(0.5)
             except subprocess.TimeoutExpired:
                 pass
-        assert reap(process) == 69  # well before the 30 s the library waits for a lost agent
+        assert reap(process) == 125  # well before the 30 s the library waits for a lost agent
         assert time.monotonic() - began < 20
         assert "giving up on the command" in process.stderr.read().decode().splitlines()[-1]
     finally:
