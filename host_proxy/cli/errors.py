@@ -58,7 +58,7 @@ def classify(error: BaseException, where: str = "", endpoint: str = "") -> CliEr
     if isinstance(error, CliError):
         return error
     suffix = f" ({where})" if where and not (endpoint and endpoint in str(error)) else ""
-    text = _one_line(str(error))
+    text = one_line(str(error))
     if isinstance(error, (ExecError, OSError)):
         return CliError(f"{text}{suffix}", Exit.FAILED)
     return CliError(f"{type(error).__name__}: {text}{suffix}", Exit.FAILED)
@@ -68,7 +68,7 @@ def classify_start(error: ExecError, where: str) -> CliError:
     """A failed ``start()``: 127 when the program does not exist, 126 when it cannot be run."""
     from common.errors import InvalidArgumentError
 
-    cause = _one_line(_START_PREFIX.sub("", error.message))
+    cause = one_line(_START_PREFIX.sub("", error.message))
     if cause == error.message and not isinstance(error, InvalidArgumentError):
         return classify(error, where)  # not a start failure at all (the agent went away, ...)
     not_found = "executable file not found" in cause or (
@@ -78,7 +78,7 @@ def classify_start(error: ExecError, where: str) -> CliError:
     return CliError(f"{cause} (on {where})", code)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(text.split()) or "(no message)"
 
 
