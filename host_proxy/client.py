@@ -138,6 +138,11 @@ class AgentClient(AgentLink):
     def answer_timeout(self) -> float:
         return self._conn.timeout
 
+    @property
+    def reconnect_timeout(self) -> float:
+        """How long a lost agent is waited for before the execs not yet exited end with 255."""
+        return self._conn.reconnect_timeout
+
     def new_request_id(self) -> int:
         return self._conn.next_request_id()
 
@@ -200,6 +205,15 @@ class AgentClient(AgentLink):
     def reconnects(self) -> int:
         """How many times the connection came back after a loss (or found the agent restarted)."""
         return self._conn.reconnects
+
+    def watch(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(what)`` when the connection changes: ``"lost"`` (the agent stopped
+        answering; the client waits up to ``reconnect_timeout`` for it), ``"ready"`` (it is back,
+        resynced), ``"restarted"`` (it came back as a new agent: its execs ended with 255) or
+        ``"gone"`` (it stayed away too long: every exec not yet exited ends with 255). Each
+        ``"gone"``/``"restarted"`` comes before the exits it causes. The callback runs on the
+        client's loop thread and must not block."""
+        self._loop.call(self._conn.watchers.append, callback)
 
     def wait_ready(self, timeout: float) -> None:
         """Return once the agent answers on this connection: at once while it does; after a loss,

@@ -58,6 +58,10 @@ class Target:
     client: AgentClient
     where: str                      # "agent ipc:///...", "the VM's agent tcp://...", "private agent"
     embedded: PrivateAgent | None = None
+    #: Readable once the process serving the agent (the VM's QEMU, the private agent) has exited.
+    server_gone_fd: int | None = None
+    #: What that process is, for messages: "the VM", "the private agent".
+    server: str = ""
 
 
 def _env(value: str | None, name: str) -> str | None:
@@ -87,8 +91,8 @@ def connect(args: argparse.Namespace, *, allow_embedded: bool, debug: bool = Fal
                 raise CliError("no VM runs (start one with 'uvmexec vm up')", Exit.FAILED)
         where = f"the VM's agent at {info.agent_endpoint}"
         with _open(info.agent_endpoint, where, args.timeout, server_key=str(info.server_key),
-                   client_key=str(info.client_key)) as client:
-            yield Target(client, where)
+                   client_key=str(info.client_key)) as client, _vm_watch(info.pid) as gone_fd:
+            yield Target(client, where, server_gone_fd=gone_fd, server="the VM")
         return
     if guest is None:
         if not allow_embedded:
@@ -98,8 +102,8 @@ def connect(args: argparse.Namespace, *, allow_embedded: bool, debug: bool = Fal
             agent.wait_ready() if agent.spawned else agent.start()
             log.debug("private agent %s ready in %.3fs", agent.endpoint, agent.startup_seconds)
             where = "the private agent"
-            with _open(agent.endpoint, where, args.timeout) as client:
-                yield Target(client, where, agent)
+            with _open(agent.endpoint, where, args.timeout) as client, _pidfd(agent.pid) as gone_fd:
+                yield Target(client, where, agent, server_gone_fd=gone_fd, server="the private agent")
         finally:
             agent.stop()
         return
@@ -111,6 +115,32 @@ def connect(args: argparse.Namespace, *, allow_embedded: bool, debug: bool = Fal
     with _open(guest, where, args.timeout, lambda error: _diagnose(error, endpoint, options),
                **options) as client:
         yield Target(client, where)
+
+
+@contextlib.contextmanager
+def _pidfd(pid: int | None) -> Iterator[int | None]:
+    """A pidfd of ``pid`` (readable once it exited), or None if there is none to be had."""
+    fd = None
+    if pid:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = None
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _vm_watch(pid: int) -> Iterator[int | None]:
+    """A pidfd of the VM's QEMU — checked, once open, to be that QEMU still (not a recycled pid)."""
+    import vm_images
+
+    with _pidfd(pid) as fd:
+        info = vm_images.status() if fd is not None else None
+        yield fd if info is not None and info.pid == pid else None
 
 
 def _credentials(args: argparse.Namespace, endpoint: Named) -> dict[str, object]:

@@ -89,6 +89,10 @@ class PrivateAgent:
     def spawned(self) -> bool:
         return self.process is not None
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
     def wait_ready(self) -> PrivateAgent:
         """Wait for the ready line; on failure stop it and raise ``CliError`` with its own words."""
         assert self.process is not None, "spawn() first"

@@ -13,11 +13,16 @@ Promise, as ``docker exec``:
   through ``resize_pty``; after SIGCONT raw mode is re-applied;
 - signals to uvmexec are forwarded to the command: SIGINT (Ctrl-C without a
   raw terminal), SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2; the third SIGINT
-  within 5 s sends SIGKILL instead. When the agent has left an earlier forward
-  unanswered for over a second (it is lost), that third SIGINT, or another
-  SIGTERM/SIGHUP, gives up on the command at once: one line, exit 69, nothing
-  more asked of the agent. (A SIGTERM that arrives twice at once, as
-  ``timeout`` sends it, is just forwarded twice.)
+  within 5 s sends SIGKILL instead;
+- Ctrl-C always ends the wait: SIGINT (or, on a raw terminal, the interrupt
+  key) while the agent is lost, or when it leaves that forward (or, for the
+  key, a ping) unanswered for a second, gives up on the command at once —
+  one line, exit 130, nothing more asked of the agent. SIGTERM and SIGHUP do
+  the same with 128+N;
+- a lost agent is said once ("lost ...; waiting up to 30s"), and its return
+  too; when the process serving it is known to be gone (the VM's QEMU, the
+  private agent) the wait ends at once: one line, exit 255 — as when the
+  agent does not come back in time, or comes back restarted;
 - when our stdout's reader goes away (``uvmexec run -- yes | head``) the
   command gets SIGPIPE, as it would in a local pipeline;
 - the exec is deleted from the agent once it exited, so no record is left.
@@ -47,9 +52,19 @@ from ..proxied_exec import ProxiedExec
 from . import connect
 from .args import is_embedded
 from .errors import CliError, Exit, classify, classify_start
-from .signals import EVENT_BROKEN_PIPE, EVENT_EXITED, SignalRelay
+from .signals import (
+    EVENT_BACK,
+    EVENT_BROKEN_PIPE,
+    EVENT_EXITED,
+    EVENT_GONE,
+    EVENT_INTERRUPT_KEY,
+    EVENT_LOST,
+    EVENT_RESTARTED,
+    EVENT_STARTED,
+    SignalRelay,
+)
 from .stdio import FdReader, FdWriter
-from .terminal import RawMode, terminal_fd, window_size
+from .terminal import RawMode, interrupt_key, terminal_fd, window_size
 
 log = logging.getLogger("uvmexec")
 
@@ -58,6 +73,8 @@ INTERRUPTS_TO_KILL = 3
 INTERRUPT_WINDOW = 5.0
 DELETE_WAIT = 5.0
 STUCK_AFTER = 1.0  # an agent that leaves a forwarded signal unanswered this long is not answering
+LOSS_GRACE = 0.5  # a lost agent is announced after this long, unless its server is found gone first
+_CONNECTION_EVENTS = {"lost": EVENT_LOST, "ready": EVENT_BACK, "gone": EVENT_GONE, "restarted": EVENT_RESTARTED}
 
 
 def parse_user(text: str | None, embedded: bool) -> User:
@@ -126,7 +143,16 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, exec_id: str,
          relay: SignalRelay, local_tty: int | None) -> int:
-    reader = FdReader(0) if args.interactive else None
+    if not args.debug:
+        # Losing the agent, and what it costs, is said here, once, in the command's terms.
+        for name in ("host_proxy.connection", "host_proxy.remote_exec"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    target.client.watch(lambda what: relay.post(_CONNECTION_EVENTS[what]))
+    reader = None
+    if args.interactive:
+        key = interrupt_key(0) if args.tty else None  # raw: Ctrl-C is a byte for the guest's terminal
+        reader = FdReader(0, on_data=None if key is None else
+                          lambda data: relay.post(EVENT_INTERRUPT_KEY) if key in data else None)
     out = FdWriter(1, on_broken=lambda: relay.post(EVENT_BROKEN_PIPE))
     err = None if args.tty else FdWriter(2)
     try:
@@ -145,14 +171,11 @@ def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, ex
             _raw_logging(True)
         relay.relay()
         started = True
-        try:
-            made.start()
-        except ExecError as error:
-            raise classify_start(error, target.where) from None
+        # wait() blocks through the start and the exit (a failed start is an exit with 1, too).
         watcher = threading.Thread(target=_post_exit, args=(made, relay), name="uvmexec-wait", daemon=True)
         watcher.start()
         try:
-            status = _Supervisor(made, relay, raw, local_tty, spec.console_size, target.where).run()
+            status = _Supervisor(made, relay, raw, local_tty, spec.console_size, target).run()
         except _GaveUp:
             abandoned = True  # asking the agent anything more would wait for it again
             # Closing the client ends our record of the exec: no news after "giving up".
@@ -209,40 +232,121 @@ class _Supervisor:
     """
 
     def __init__(self, made: ProxiedExec, relay: SignalRelay, raw: RawMode | None, local_tty: int | None,
-                 initial_size: tuple[int, int] | None, where: str) -> None:
+                 initial_size: tuple[int, int] | None, target: connect.Target) -> None:
         self.made = made
         self.relay = relay
         self.raw = raw
         self.local_tty = local_tty
         self.size = initial_size
-        self.where = where
+        self.target = target
+        self.where = target.where
         self.interrupts: list[float] = []
         self.requests = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="uvmexec-forward")
-        self.pending: dict[concurrent.futures.Future[None], float] = {}  # request -> when it was sent
-        self.pending_lock = threading.Lock()  # requests finish on the worker thread
+        # Requests that must be answered in time, or we give up: (deadline, request, exit code, why).
+        self.watchdogs: list[tuple[float, concurrent.futures.Future[None], int, str]] = []
         self.finished = False
+        self.lost = False
+        self.announce_loss_at: float | None = None
+        self.loss_announced = False
+        self.ended_by = ""  # why the agent ended the exec with 255 (it stayed away, or restarted)
+        self.start: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.exited = False
 
     def run(self) -> int:
+        """Start the command and supervise it until it exits; its exit status."""
+        gone_fd = self.target.server_gone_fd
         try:
+            # Started on the worker, as any request: the loop hears Ctrl-C while the start is out
+            # (its reply may be lost with the agent). Requests submitted later go after it.
+            self.start = self.requests.submit(self.made.start)
+            self.start.add_done_callback(lambda _: self.relay.post(EVENT_STARTED))
             if self.local_tty is not None:
                 self._resize()  # the window may have changed while the exec was being created
             poller = select.poll()
             poller.register(self.relay.fd, select.POLLIN)
+            if gone_fd is not None:
+                poller.register(gone_fd, select.POLLIN)
             while True:
-                poller.poll()  # PEP 475: retried after signal handlers run; the wakeup fd wakes it
+                # PEP 475: retried after signal handlers run; the wakeup fd wakes it.
+                ready = {fd for fd, _ in poller.poll(self._poll_timeout())}
                 for event in self.relay.take():
                     if event == EVENT_EXITED:
-                        return self.made.wait().exit_status
-                    self._on_event(event)
+                        self.exited = True
+                    elif event == EVENT_STARTED:
+                        self._check_start()
+                    else:
+                        self._on_event(event)
+                if self.exited and self.start.done():
+                    return self._exit_status()
+                if gone_fd in ready:
+                    if self.made.state is ExecState.EXITED and self.start.done():
+                        return self._exit_status()
+                    raise _GaveUp(f"{self.target.server} stopped while the command ran ({self.where}): "
+                                  "the command is gone with it, its exit status unknown", Exit.LOST)
+                self._check_deadlines()
         finally:
             # A request still stuck on a lost agent fails when the client closes, right after this;
             # that failure is no news to anyone.
             self.finished = True
             self.requests.shutdown(wait=False, cancel_futures=True)
 
+    def _check_start(self) -> None:
+        error = self.start.exception()
+        if isinstance(error, ExecError):
+            raise classify_start(error, self.where)
+        if error is not None:
+            raise error
+
+    def _exit_status(self) -> int:
+        self._check_start()
+        status = self.made.wait().exit_status
+        if self.ended_by and status == 255:
+            raise _GaveUp(self.ended_by, Exit.LOST)
+        return status
+
+    def _poll_timeout(self) -> int | None:
+        deadlines = [deadline for deadline, *_ in self.watchdogs]
+        if self.announce_loss_at is not None:
+            deadlines.append(self.announce_loss_at)
+        if not deadlines:
+            return None
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for deadline, request, code, why in list(self.watchdogs):
+            if request.done():
+                self.watchdogs.remove((deadline, request, code, why))
+            elif now >= deadline:
+                raise _GaveUp(f"{why}, and {self.where} does not answer: giving up on the command "
+                              "(it may still run there)", code)
+        if self.announce_loss_at is not None and now >= self.announce_loss_at:
+            self.announce_loss_at = None
+            if self.lost:
+                self.loss_announced = True
+                log.warning("lost %s; waiting up to %gs for it to come back (Ctrl-C gives up)",
+                            self.where, self.target.client.reconnect_timeout)
+
     def _on_event(self, event: int) -> None:
         if event == EVENT_BROKEN_PIPE:
             self._submit(self._kill, signal.SIGPIPE)
+        elif event == EVENT_LOST:
+            self.lost = True
+            if not self.loss_announced:
+                self.announce_loss_at = time.monotonic() + LOSS_GRACE
+        elif event == EVENT_BACK:
+            self.lost = False
+            self.announce_loss_at = None
+            if self.loss_announced:
+                self.loss_announced = False
+                log.warning("%s is back", self.where)
+        elif event == EVENT_GONE:
+            self.ended_by = (f"{self.where} did not come back within {self.target.client.reconnect_timeout:g}s: "
+                             "giving up on the command (it may still run there)")
+        elif event == EVENT_RESTARTED:
+            self.ended_by = f"{self.where} restarted while the command ran: the command is gone"
+        elif event == EVENT_INTERRUPT_KEY:
+            self._ending(self._submit(self._ping), Exit.INTERRUPTED, "interrupted")
         elif event == signal.SIGWINCH:
             self._resize()
         elif event == signal.SIGCONT:
@@ -253,35 +357,34 @@ class _Supervisor:
             now = time.monotonic()
             self.interrupts = [t for t in self.interrupts if now - t < INTERRUPT_WINDOW] + [now]
             if len(self.interrupts) < INTERRUPTS_TO_KILL:
-                self._submit(self._kill, signal.SIGINT)
+                request = self._submit(self._kill, signal.SIGINT)
             else:
-                why = f"interrupted {len(self.interrupts)} times"
-                self._give_up_if_stuck(why)
-                log.warning("%s: killing the command (SIGKILL)", why)
-                self._submit(self._kill, signal.SIGKILL)
+                if not self.lost:
+                    log.warning("interrupted %d times: killing the command (SIGKILL)", len(self.interrupts))
+                request = self._submit(self._kill, signal.SIGKILL)
+            self._ending(request, Exit.INTERRUPTED, "interrupted")
         elif event in (signal.SIGTERM, signal.SIGHUP):
-            self._give_up_if_stuck(f"got {signal.Signals(event).name}")
-            self._submit(self._kill, event)
+            self._ending(self._submit(self._kill, event), 128 + event, f"got {signal.Signals(event).name}")
         elif event in FORWARDED:
             self._submit(self._kill, event)
 
-    def _give_up_if_stuck(self, why: str) -> None:
-        now = time.monotonic()
-        with self.pending_lock:
-            stuck = any(now - sent > STUCK_AFTER for sent in self.pending.values())
-        if stuck:
-            raise _GaveUp(f"{why}, and {self.where} does not answer: giving up on the command "
-                          "(it may still run there)", Exit.FAILED)
+    def _ending(self, request: concurrent.futures.Future[None], code: int, why: str) -> None:
+        """A request that asks the command to end (or checks the agent after the interrupt key):
+        if the agent is lost, or leaves it unanswered for STUCK_AFTER, stop waiting for it.
+        (While the start is still out, the request waits behind it: the start is watched too.)"""
+        if self.lost:
+            raise _GaveUp(f"{why} while {self.where} is lost: giving up on the command (it may still run there)",
+                          code)
+        self.watchdogs.append((time.monotonic() + STUCK_AFTER, request, code, why))
 
-    def _submit(self, request: Callable[..., None], *args: object) -> None:
-        future = self.requests.submit(request, *args)
-        with self.pending_lock:
-            self.pending[future] = time.monotonic()
-        future.add_done_callback(self._finished)
+    def _submit(self, request: Callable[..., None], *args: object) -> concurrent.futures.Future[None]:
+        return self.requests.submit(request, *args)
 
-    def _finished(self, future: concurrent.futures.Future[None]) -> None:
-        with self.pending_lock:
-            self.pending.pop(future, None)
+    def _ping(self) -> None:
+        try:
+            self.target.client.ping()
+        except ExecError as error:
+            log.debug("ping: %s", error)
 
     def _kill(self, signum: int) -> None:
         try:

@@ -7,7 +7,8 @@ Promise:
   shell — and ``cancel()`` makes a read that is blocked, or any later one,
   return EOF at once. The library reads stdin in a worker thread; without
   this, a command that exits while nobody types would leave that thread
-  blocked and ``uvmexec`` could not exit.
+  blocked and ``uvmexec`` could not exit. ``on_data``, if given, sees every
+  chunk read (on that thread), before the library does.
 - :class:`FdWriter` writes every byte it is given to an fd at once (no
   buffering: a prompt shows before its newline), and when the reader of that
   fd has gone (EPIPE) it calls ``on_broken`` once and drops the rest, as a
@@ -26,8 +27,9 @@ from collections.abc import Callable
 class FdReader:
     """A binary, cancellable reader of one fd (it does not own the fd)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_data: Callable[[bytes], None] | None = None) -> None:
         self.fd = fd
+        self.on_data = on_data
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._cancelled = threading.Event()
 
@@ -47,13 +49,16 @@ class FdReader:
             if self.fd not in events:
                 continue
             try:
-                return os.read(self.fd, size)
+                data = os.read(self.fd, size)
             except BlockingIOError:
                 continue  # someone else (a shell sharing the fd) took the bytes first
             except OSError as error:
                 if error.errno in (errno.EIO, errno.EBADF):
                     return b""  # the terminal hung up, or the fd is gone: that is EOF
                 raise
+            if data and self.on_data is not None:
+                self.on_data(data)
+            return data
         return b""
 
     read = read1
