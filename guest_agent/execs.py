@@ -90,6 +90,7 @@ class AgentExec:
             "pid": status.pid,
             "started": status.pid != 0,
             "forced": self.core.forced,
+            "cut": self.core.output_cut,
             "q": self.last_seqs(),
         }
         self._send([protocol.pack(self.exit_header)])

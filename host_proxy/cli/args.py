@@ -19,6 +19,8 @@ from .errors import EXIT_CODE_TABLE, Exit
 
 DEFAULT_TASK = "uvmexec"
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_DRAIN_TIMEOUT = 2.0  # as the library's (common.rules, not imported here: it is heavier)
+MAX_DRAIN_TIMEOUT = 3600.0   # the agent's limit
 RUN_USAGE = ("uvmexec run [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--cwd DIR] [--user UID[:GID]] "
              "[--] CMD [ARG...]")
 
@@ -94,6 +96,10 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                      help="working directory in the guest (default /)")
     run.add_argument("-u", "--user", metavar="UID[:GID]",
                      help="numeric identity (default: root in a guest, yourself for the private agent)")
+    run.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT, metavar="SECONDS",
+                     help="after the command exits, read output that something it left behind still writes "
+                          f"for this long (default {DEFAULT_DRAIN_TIMEOUT:g}; 0: until the streams close, "
+                          f"at most {MAX_DRAIN_TIMEOUT:g}s); uvmexec says so when output was cut off")
     run.add_argument("--task", default=DEFAULT_TASK, help=f"task id (default {DEFAULT_TASK})")
     run.add_argument("--id", dest="exec_id", metavar="EXEC", help="exec id (default run-PID-RANDOM)")
     add_connection_options(run, embedded=True)

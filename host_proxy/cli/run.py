@@ -50,7 +50,7 @@ from common.spec import DEFAULT_PATH
 
 from ..proxied_exec import ProxiedExec
 from . import connect
-from .args import is_embedded
+from .args import MAX_DRAIN_TIMEOUT, is_embedded
 from .errors import CliError, Exit, classify, classify_start
 from .signals import (
     EVENT_BACK,
@@ -119,6 +119,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise CliError("run needs a command: uvmexec run [OPTIONS] [--] CMD [ARG...]")
     if args.tty and args.interactive and not os.isatty(0):
         raise CliError("the input device is not a TTY (drop -t, or run from a terminal)")
+    args.drain_seconds = _drain_timeout(args)
     embedded = is_embedded(args)
     user = parse_user(args.user, embedded)
     local_tty = terminal_fd(0, 1) if args.tty else None
@@ -158,7 +159,7 @@ def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, ex
     try:
         # FdReader/FdWriter are the file objects Stdio takes (read1/read, write); typed as BinaryIO there.
         stdio = Stdio(stdin=cast(BinaryIO, reader), stdout=cast(BinaryIO, out), stderr=cast(BinaryIO, err))
-        made = target.client.create_exec(args.task, exec_id, spec, stdio)
+        made = target.client.create_exec(args.task, exec_id, spec, stdio, drain_timeout=args.drain_seconds)
     except ExecError as error:
         if reader is not None:
             reader.close()
@@ -175,7 +176,9 @@ def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, ex
         watcher = threading.Thread(target=_post_exit, args=(made, relay), name="uvmexec-wait", daemon=True)
         watcher.start()
         try:
-            status = _Supervisor(made, relay, raw, local_tty, spec.console_size, target).run()
+            supervisor = _Supervisor(made, relay, raw, local_tty, spec.console_size, target)
+            supervisor.drain_timeout = args.drain_timeout
+            status = supervisor.run()
         except _GaveUp:
             abandoned = True  # asking the agent anything more would wait for it again
             # Closing the client ends our record of the exec: no news after "giving up".
@@ -191,6 +194,14 @@ def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, ex
             reader.close()  # a worker thread may be blocked reading our stdin: let it go
         if not abandoned:
             _delete(made, started)
+
+
+def _drain_timeout(args: argparse.Namespace) -> float:
+    value = args.drain_timeout
+    if not 0 <= value <= MAX_DRAIN_TIMEOUT:  # also NaN
+        raise CliError(f"--drain-timeout {value:g}: give seconds from 0 (until the streams close) "
+                       f"to {MAX_DRAIN_TIMEOUT:g}")
+    return value or MAX_DRAIN_TIMEOUT
 
 
 def _post_exit(made: ProxiedExec, relay: SignalRelay) -> None:
@@ -249,6 +260,7 @@ class _Supervisor:
         self.announce_loss_at: float | None = None
         self.loss_announced = False
         self.ended_by = ""  # why the agent ended the exec with 255 (it stayed away, or restarted)
+        self.drain_timeout = 0.0
         self.start: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.exited = False
 
@@ -302,6 +314,10 @@ class _Supervisor:
         status = self.made.wait().exit_status
         if self.ended_by and status == 255:
             raise _GaveUp(self.ended_by, Exit.LOST)
+        if self.made.output_cut:
+            log.warning("output written after the command exited was cut off after --drain-timeout %gs "
+                        "(something it left running kept it open; --drain-timeout 0 waits until it closes)",
+                        self.drain_timeout)
         return status
 
     def _poll_timeout(self) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -169,3 +170,64 @@ def test_uvmexec_guest_in_the_environment_picks_the_agent(tmp_path, ipc_agent):
     result = run_cli(["run", "--", "echo", "via env"], tmp_path, env=env)
     assert (result.returncode, result.stdout) == (0, b"via env\n"), result.stderr
     assert os.listdir(env["TMPDIR"]) == []  # no private agent was started
+
+
+def _late_writer(tmp_path) -> tuple[list[str], str]:
+    """A command that prints its pid and 'early', exits, and leaves behind a process that prints
+    'late' once something is written into the FIFO it returns (that process holds stdout open)."""
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    return ["sh", "-c", f"echo $$ early; (read x < {fifo}; echo late) & exit 0"], fifo
+
+
+def _wait_gone(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([fd], [], [], 20)[0], f"{pid} did not exit"
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.timeout(60)
+def test_drain_timeout_zero_waits_for_output_written_after_the_exit(tmp_path):
+    command, fifo = _late_writer(tmp_path)
+    process = subprocess.Popen(UVMEXEC + ["run", "--drain-timeout", "0", "--", *command], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(tmp_path), cwd=ROOT)
+    try:
+        first = read_until(process.stdout.fileno(), b" early\n")
+        _wait_gone(int(first.split()[0]))  # the command itself has exited (the embedded agent runs it here)
+        with open(fifo, "w") as go:  # only now does what it left behind write
+            go.write("now\n")
+        assert reap(process) == 0
+        assert first + process.stdout.read() == first.split()[0] + b" early\nlate\n"
+        assert process.stderr.read() == b""
+    finally:
+        discard(process)
+
+
+@pytest.mark.timeout(60)
+def test_output_cut_off_by_the_drain_timeout_is_said_once(tmp_path):
+    command, fifo = _late_writer(tmp_path)
+    result = run_cli(["run", "--drain-timeout", "0.5", "--", *command], tmp_path)
+    try:
+        assert result.returncode == 0
+        assert result.stdout.endswith(b" early\n")
+        assert result.stderr.decode().count("\n") == 1
+        assert result.stderr.startswith(b"uvmexec: output written after the command exited was cut off after "
+                                        b"--drain-timeout 0.5s")
+    finally:
+        try:  # let what it left behind finish, if the private agent did not end it on the way out
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # ENXIO: nobody reads it any more
+            pass
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("value", ["-1", "nan", "3601"])
+def test_a_bad_drain_timeout_is_a_usage_error(tmp_path, value):
+    result = run_cli(["run", "--drain-timeout", value, "--", "true"], tmp_path)
+    assert result.returncode == 125
+    assert result.stderr.startswith(f"uvmexec: --drain-timeout {value}: give seconds".encode())
