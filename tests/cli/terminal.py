@@ -64,8 +64,8 @@ class Terminal:
     def lflag(self) -> int:
         return termios.tcgetattr(self.slave)[3]
 
-    def wait_for_exit(self) -> int:
-        code = reap(self.process)
+    def wait_for_exit(self, timeout: float = 20.0) -> int:
+        code = reap(self.process, timeout)
         self._drain()
         return code
 

@@ -75,3 +75,28 @@ def _proc_state(pid: int) -> str:
         return "state: " + Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def _lines_start_clean(screen: bytes, prefix: bytes) -> None:
+    """Every ``prefix`` line on the screen starts a line: after a newline, or after the live status
+    line was erased (carriage return, erase to the end of line)."""
+    at = screen.find(prefix)
+    while at != -1:
+        before = screen[:at]
+        assert at == 0 or before.endswith((b"\n", b"\r\x1b[K")), f"written into a line: {screen[at - 60:at + 30]!r}"
+        at = screen.find(prefix, at + 1)
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(600)
+def test_the_progress_line_is_live_only_on_a_terminal_and_finished_first(tmp_path, terminal):
+    term = terminal("vm", "build")  # fast once the image is built (the first build takes a minute)
+    assert term.wait_for_exit(timeout=540) == 0
+    screen = bytes(term.screen)
+    assert b"checking the guest image" in screen and b"\r\x1b[K" in screen  # it was drawn live
+    _lines_start_clean(screen, b"uvmexec: ")
+    _lines_start_clean(screen, b"[vm_images")
+    piped = run_cli(["vm", "build"], tmp_path, timeout=540)
+    assert piped.returncode == 0, piped.stderr
+    assert b"\r" not in piped.stderr and b"\x1b" not in piped.stderr
+    assert b"uvmexec: checking the guest image" in piped.stderr
