@@ -2,7 +2,7 @@
 
 ::
 
-    uvmexec run [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--cwd DIR] [--user UID[:GID]] -- CMD [ARG...]
+    uvmexec run [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--cwd DIR] [--user USER[:GROUP]] -- CMD [ARG...]
     uvmexec ps [--guest ENDPOINT | --vm] [--json]
     uvmexec status TASK/EXEC [--guest ENDPOINT | --vm] [--json]
     uvmexec keygen DIR

@@ -21,7 +21,7 @@ DEFAULT_TASK = "uvmexec"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_DRAIN_TIMEOUT = 2.0  # as the library's (common.rules, not imported here: it is heavier)
 MAX_DRAIN_TIMEOUT = 3600.0   # the agent's limit
-RUN_USAGE = ("uvmexec run [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--cwd DIR] [--user UID[:GID]] "
+RUN_USAGE = ("uvmexec run [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--cwd DIR] [--user USER[:GROUP]] "
              "[--] CMD [ARG...]")
 
 
@@ -94,8 +94,10 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                      help="set K in the command's environment; a bare K copies it from ours (repeatable)")
     run.add_argument("-w", "--cwd", "--workdir", default="/", metavar="DIR",
                      help="working directory in the guest (default /)")
-    run.add_argument("-u", "--user", metavar="UID[:GID]",
-                     help="numeric identity (default: root in a guest, yourself for the private agent)")
+    run.add_argument("-u", "--user", metavar="USER[:GROUP]",
+                     help="a name or UID (and group name or GID), looked up in the passwd and group files "
+                          "where the command runs, as docker does; default: root in a guest, yourself for "
+                          "the private agent")
     run.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT, metavar="SECONDS",
                      help="after the command exits, read output that something it left behind still writes "
                           f"for this long (default {DEFAULT_DRAIN_TIMEOUT:g}; 0: until the streams close, "

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import pwd
@@ -49,7 +50,7 @@ from common.errors import ExecError, FailedPreconditionError, InvalidArgumentErr
 from common.spec import DEFAULT_PATH
 
 from ..proxied_exec import ProxiedExec
-from . import connect
+from . import connect, users
 from .args import MAX_DRAIN_TIMEOUT, is_embedded
 from .errors import CliError, Exit, classify, classify_start
 from .signals import (
@@ -77,38 +78,38 @@ LOSS_GRACE = 0.5  # a lost agent is announced after this long, unless its server
 _CONNECTION_EVENTS = {"lost": EVENT_LOST, "ready": EVENT_BACK, "gone": EVENT_GONE, "restarted": EVENT_RESTARTED}
 
 
-def parse_user(text: str | None, embedded: bool) -> User:
-    if text is None:
-        # The private agent runs as us: by default so does the command (no identity switch needed).
-        return User(os.geteuid(), os.getegid(), tuple(os.getgroups())) if embedded else User(0, 0)
-    uid_text, _, gid_text = text.partition(":")
-    if not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
-        raise CliError(f"--user {text!r}: give a numeric UID or UID:GID")
+def default_identity(embedded: bool) -> tuple[User, str]:
+    """Without --user: root in a guest (as docker exec); ourselves for the private agent, which
+    runs as us (no identity switch needed)."""
+    if not embedded:
+        return User(0, 0), "/root"
     try:
-        return User(int(uid_text), int(gid_text or 0))
-    except InvalidArgumentError as error:
-        raise CliError(f"--user {text!r}: {error}") from None
+        home = pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:
+        home = "/"
+    return User(os.geteuid(), os.getegid(), tuple(os.getgroups())), home
 
 
-def build_env(entries: list[str], user: User, tty: bool, embedded: bool) -> list[str]:
-    env = [f"PATH={DEFAULT_PATH}"]
-    home = "/root" if user.uid == 0 else "/"
-    if embedded and user.uid != 0:
-        try:
-            home = pwd.getpwuid(user.uid).pw_dir
-        except KeyError:
-            pass
-    env.append(f"HOME={home}")
+def check_user_syntax(text: str) -> None:
+    user_text, colon, group_text = text.partition(":")
+    if not user_text or (colon and not group_text) or ":" in group_text:
+        raise CliError(f"--user {text!r}: give USER, UID, USER:GROUP or UID:GID")
+
+
+def build_env(entries: list[str], home: str, tty: bool) -> list[str]:
+    """PATH, HOME and (with -t) TERM, then ours: a name given with --env replaces the default."""
+    env = {"PATH": DEFAULT_PATH, "HOME": home}
     if tty:
-        env.append(f"TERM={os.environ.get('TERM') or 'xterm'}")
+        env["TERM"] = os.environ.get("TERM") or "xterm"
     for entry in entries:
-        if entry.startswith("="):
+        name, equals, value = entry.partition("=")
+        if not name:
             raise CliError(f"--env {entry!r}: the name is empty")
-        if "=" in entry:
-            env.append(entry)
-        elif entry in os.environ:  # docker's "--env K": take K from ours, or nothing if unset
-            env.append(f"{entry}={os.environ[entry]}")
-    return env
+        if equals:
+            env[name] = value
+        elif name in os.environ:  # docker's "--env K": take K from ours, or nothing if unset
+            env[name] = os.environ[name]
+    return [f"{name}={value}" for name, value in env.items()]
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -121,10 +122,12 @@ def run_command(args: argparse.Namespace) -> int:
         raise CliError("the input device is not a TTY (drop -t, or run from a terminal)")
     args.drain_seconds = _drain_timeout(args)
     embedded = is_embedded(args)
-    user = parse_user(args.user, embedded)
+    if args.user is not None:
+        check_user_syntax(args.user)
+    user, home = default_identity(embedded)  # --user is looked up where the command runs, once connected
     local_tty = terminal_fd(0, 1) if args.tty else None
     try:
-        spec = ProcessSpec(args=command, env=build_env(args.env, user, args.tty, embedded), cwd=args.cwd,
+        spec = ProcessSpec(args=command, env=build_env(args.env, home, args.tty), cwd=args.cwd,
                            terminal=args.tty, console_size=window_size(local_tty), user=user)
     except InvalidArgumentError as error:
         raise CliError(str(error).replace("invalid process spec: ", "")) from None
@@ -148,6 +151,11 @@ def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, ex
         # Losing the agent, and what it costs, is said here, once, in the command's terms.
         for name in ("host_proxy.connection", "host_proxy.remote_exec"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    if args.user is not None:
+        accounts = (users.read_local_accounts() if target.embedded is not None
+                    else users.read_accounts(target.client, args.task, target.where))
+        resolved = users.resolve(args.user, accounts, target.where)
+        spec = dataclasses.replace(spec, user=resolved.user, env=build_env(args.env, resolved.home, args.tty))
     target.client.watch(lambda what: relay.post(_CONNECTION_EVENTS[what]))
     reader = None
     if args.interactive:

@@ -39,7 +39,8 @@ def test_a_command_that_cannot_run(tmp_path, args, code, words):
 @pytest.mark.parametrize("args", [
     ["run"],
     ["run", "--no-such-option", "--", "true"],
-    ["run", "--user", "root", "--", "true"],
+    ["run", "--user", "root:", "--", "true"],
+    ["run", "--user", ":0", "--", "true"],
     ["run", "--cwd", "relative", "--", "true"],
     ["run", "--guest", "udp://x:1", "--", "true"],
     ["run", "--guest", "tcp://127.0.0.1:9", "--", "true"],  # no keys, no --insecure

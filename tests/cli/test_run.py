@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import select
 import shutil
 import signal
@@ -231,3 +233,56 @@ def test_a_bad_drain_timeout_is_a_usage_error(tmp_path, value):
     result = run_cli(["run", "--drain-timeout", value, "--", "true"], tmp_path)
     assert result.returncode == 125
     assert result.stderr.startswith(f"uvmexec: --drain-timeout {value}: give seconds".encode())
+
+
+def _identity(result) -> tuple[str, str, str, str]:
+    """(uid, gid, groups, HOME) as ``id -u; id -g; id -G; echo $HOME`` printed them."""
+    assert result.returncode == 0, result.stderr
+    uid, gid, groups, home = result.stdout.decode().splitlines()
+    return uid, gid, groups, home
+
+
+IDENTITY = ["--", "sh", "-c", 'id -u; id -g; id -G; echo "$HOME"']
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("user", ["nobody", "65534", "nobody:nogroup"])
+def test_a_user_is_looked_up_where_the_command_runs(tmp_path, ipc_agent, user):
+    # The agent here runs on this host: its passwd and group are the ones the test can read.
+    nobody = pwd.getpwnam("nobody")
+    result = run_cli(["run", "--guest", ipc_agent.endpoints[0], "--user", user, *IDENTITY], tmp_path)
+    assert _identity(result) == (str(nobody.pw_uid), str(nobody.pw_gid), str(nobody.pw_gid), nobody.pw_dir)
+    listed = run_cli(["ps", "--guest", ipc_agent.endpoints[0]], tmp_path)
+    assert len(listed.stdout.splitlines()) == 1, "the lookup left an exec behind"
+
+
+@pytest.mark.timeout(60)
+def test_a_user_gets_the_groups_that_list_it(tmp_path, ipc_agent):
+    member = next((group for group in grp.getgrall() if group.gr_mem and group.gr_mem[0] != "root"), None)
+    if member is None:
+        pytest.skip("no group on this host lists a member")
+    entry = pwd.getpwnam(member.gr_mem[0])
+    expected = {entry.pw_gid} | {group.gr_gid for group in grp.getgrall() if entry.pw_name in group.gr_mem}
+    result = run_cli(["run", "--guest", ipc_agent.endpoints[0], "--user", entry.pw_name, *IDENTITY], tmp_path)
+    _, _, groups, _ = _identity(result)
+    assert set(map(int, groups.split())) == expected
+
+
+@pytest.mark.timeout(60)
+def test_an_unknown_uid_runs_with_gid_0_and_home_slash_unless_told(tmp_path):
+    unused = next(uid for uid in range(40000, 50000) if uid not in {entry.pw_uid for entry in pwd.getpwall()})
+    result = run_cli(["run", "--user", str(unused), *IDENTITY], tmp_path)
+    assert _identity(result) == (str(unused), "0", "0", "/")
+    told = run_cli(["run", "--user", f"{unused}:{unused}", "--env", "HOME=/tmp", *IDENTITY], tmp_path)
+    assert _identity(told) == (str(unused), str(unused), str(unused), "/tmp")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("user", "words"), [
+    ("nosuchuser", "--user nosuchuser: no user 'nosuchuser' in /etc/passwd on the private agent"),
+    ("nobody:nosuchgroup", "--user nobody:nosuchgroup: no group 'nosuchgroup' in /etc/group on the private agent"),
+])
+def test_a_name_that_is_not_there(tmp_path, user, words):
+    result = run_cli(["run", "--user", user, "--", "true"], tmp_path)
+    assert result.returncode == 125
+    assert result.stderr.decode().startswith(f"uvmexec: {words}")
