@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import protocol
 from common.protocol import STDERR, STDOUT, CreateArgs
-from common.state import ExecStatus
+from common.state import ExecStatus, utc_now
 from common.supervisor import ExecCore, Supervisor
 
 from .wire_stdio import WireSink, WireSource
@@ -26,6 +26,7 @@ class AgentExec:
 
     def __init__(self, supervisor: Supervisor, handle: int, owner: Session, args: CreateArgs, window: int) -> None:
         self.handle = handle
+        self.created_at = utc_now()
         self.owner: Session | None = None
         self.set_owner(owner)
         chunk = protocol.MAX_CHUNK_BYTES

@@ -129,20 +129,37 @@ def op_stats(agent: Agent, session: Session, message: dict[str, Any]) -> dict[st
     }
 
 
-#: The largest status on the wire: four paths, two ids and fixed-size fields.
-_MAX_STATUS_BYTES = 4 * MAX_PATH_BYTES + 2 * MAX_ID_BYTES + 256
+#: How much of an exec's command line ``list`` shows (characters; longer ones are cut with "...").
+LIST_ARGS_CHARS = 256
+#: The largest status on the wire: four paths, two ids, the command shown and fixed-size fields.
+_MAX_STATUS_BYTES = 4 * MAX_PATH_BYTES + 2 * MAX_ID_BYTES + 4 * LIST_ARGS_CHARS + 512
 #: Execs per ``list`` page: even a page of the largest statuses stays under the header limit.
 LIST_PAGE = protocol.MAX_HEADER_BYTES // _MAX_STATUS_BYTES * 4 // 5
 
 
+def _listed(record: AgentExec) -> dict[str, Any]:
+    """An exec's status, with its command line (cut to LIST_ARGS_CHARS) and when it was created."""
+    shown: list[str] = []
+    room = LIST_ARGS_CHARS
+    for arg in record.core.spec.args:
+        if len(arg) > room:  # the first that does not fit is cut, and ends the list
+            shown.append(arg[:max(room, 0)] + "...")
+            break
+        shown.append(arg)
+        room -= len(arg) + 1
+    return {**protocol.status_to_wire(record.core.snapshot), "args": shown,
+            "created": protocol.datetime_to_wire(record.created_at)}
+
+
 def op_list(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
     """One page of the execs the agent tracks, in handle order; ``next`` is the cursor for the
-    following page (None at the end)."""
+    following page (None at the end). Each entry is a status with ``args`` (the command line,
+    cut) and ``created``."""
     after = protocol.get_int(message, "after", 0, protocol.MAX_HANDLE, default=0)
     handles = sorted(handle for handle in agent.handles if handle > after)
     page = handles[:LIST_PAGE]
     return {
-        "execs": [protocol.status_to_wire(agent.handles[handle].core.snapshot) for handle in page],
+        "execs": [_listed(agent.handles[handle]) for handle in page],
         "next": page[-1] if len(handles) > LIST_PAGE else None,
     }
 

@@ -11,10 +11,12 @@ paramiko; see :mod:`host_proxy.ssh_tunnel`).
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import os
 import secrets
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import zmq.auth
@@ -53,6 +55,15 @@ def load_curve_keys(server_key: str | os.PathLike[str], client_key: str | os.Pat
     if client_secret is None:
         raise InvalidArgumentError(f"client_key: {os.fspath(client_key)!r} holds no secret key (give *.key_secret)")
     return CurveKeys(server_public, client_public, client_secret)
+
+
+@dataclass(frozen=True)
+class ExecInfo:
+    """An exec as ``list`` shows it: its status, command line (cut if long) and creation time."""
+
+    status: ExecStatus
+    args: tuple[str, ...]
+    created_at: datetime.datetime | None
 
 
 class AgentClient(AgentLink):
@@ -320,11 +331,22 @@ class AgentClient(AgentLink):
     def list_execs(self) -> list[ExecStatus]:
         """Every exec the agent tracks (whoever created it; execs of this client that never
         started exist only here until they start)."""
-        listed: list[ExecStatus] = []
+        return [info.status for info in self.list_exec_info()]
+
+    def list_exec_info(self) -> list[ExecInfo]:
+        """As :meth:`list_execs`, with each exec's command line and creation time (from an agent
+        that tells them; else empty and None)."""
+        listed: list[ExecInfo] = []
         after = 0
         while True:  # page by page: one reply never nears a message size limit
             result = self.request("list", {"after": after})
-            listed.extend(protocol.status_from_wire(entry) for entry in protocol.get_list(result, "execs", 10**6))
+            for entry in protocol.get_list(result, "execs", 10**6):
+                args = entry.get("args") if isinstance(entry, dict) else None
+                listed.append(ExecInfo(
+                    protocol.status_from_wire(entry),
+                    tuple(arg for arg in args if isinstance(arg, str)) if isinstance(args, list) else (),
+                    protocol.datetime_from_wire(entry.get("created"), "created"),
+                ))
             cursor = result.get("next")
             if cursor is None:
                 return listed
