@@ -194,7 +194,7 @@ class CreateArgs:
     """A decoded ``create`` request."""
 
     __slots__ = ("task_id", "exec_id", "handle", "spec", "bundle", "stdin", "stdout", "stderr", "paths",
-                 "drain_timeout")
+                 "drain_timeout", "detached")
 
     def __init__(self, message: dict[str, Any]) -> None:
         self.task_id, self.exec_id = get_exec_ids(message)
@@ -211,6 +211,8 @@ class CreateArgs:
             raise _bad("paths", "must hold three paths (stdin, stdout, stderr)")
         self.paths = tuple(check_text(path, "paths", max_bytes=MAX_PATH_BYTES) for path in paths)
         self.drain_timeout = get_number(message, "drain_timeout", 0.0, MAX_DRAIN_TIMEOUT, 2.0)
+        # Detached: while no session owns the exec its output is a ring, never a reason to block.
+        self.detached = get_bool(message, "detached", False)
         if self.spec.terminal and self.stderr:
             raise InvalidArgumentError(
                 f"exec: '{self.exec_id}' in task: '{self.task_id}': a terminal exec cannot have a stderr target"

@@ -2,7 +2,8 @@
 
 The exec belongs to one session at a time (its creator, or whoever attached
 last); output chunks, stdin acknowledgements and the exit record go to that
-session. The exit record stays until the exec is deleted, so a client that
+session. A detached exec (``create`` with ``detached``) keeps its output as
+a ring while no session owns it (see :class:`~guest_agent.wire_stdio.WireSink`). The exit record stays until the exec is deleted, so a client that
 reconnects or attaches later still learns how it ended.
 """
 
@@ -27,14 +28,18 @@ class AgentExec:
     def __init__(self, supervisor: Supervisor, handle: int, owner: Session, args: CreateArgs, window: int) -> None:
         self.handle = handle
         self.created_at = utc_now()
+        self.detached = args.detached
+        self.sinks: dict[int, WireSink] = {}
         self.owner: Session | None = None
         self.set_owner(owner)
         chunk = protocol.MAX_CHUNK_BYTES
-        self.sinks: dict[int, WireSink] = {}
+        unread = (lambda: self.owner is None) if args.detached else None
         if args.stdout:
-            self.sinks[STDOUT] = WireSink(lambda seq, data: self._send_chunk(STDOUT, seq, data), window, chunk)
+            self.sinks[STDOUT] = WireSink(lambda seq, data: self._send_chunk(STDOUT, seq, data), window, chunk,
+                                          unread)
         if args.stderr:
-            self.sinks[STDERR] = WireSink(lambda seq, data: self._send_chunk(STDERR, seq, data), window, chunk)
+            self.sinks[STDERR] = WireSink(lambda seq, data: self._send_chunk(STDERR, seq, data), window, chunk,
+                                          unread)
         self.stdin = WireSource(self._send_stdin_ack, window) if args.stdin else None
         self.exit_header: dict[str, Any] | None = None
         self._wire_snapshot: ExecStatus | None = None
@@ -67,6 +72,9 @@ class AgentExec:
         self.owner = session
         if session is not None:
             session.owned.add(self)
+        if self.detached and session is None:
+            for sink in self.sinks.values():
+                sink.poke()
 
     def _send(self, frames: list[Any]) -> None:
         if self.owner is not None:

@@ -164,6 +164,36 @@ def op_list(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str
     }
 
 
+#: The most output one ``logs`` reply carries (it travels in the reply's header).
+LOGS_PAGE_BYTES = 256 * 1024
+
+
+def op_logs(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    """Output the agent holds for one stream of an exec, numbered after ``after``, at most
+    LOGS_PAGE_BYTES: a detached exec's last window of output (read or not), else what is
+    unacknowledged. Nothing changes hands: it is not acknowledged, and the owner stays."""
+    record = _lookup(agent, message)
+    stream = protocol.get_int(message, "stream", STREAMS[0], STREAMS[-1])
+    after = protocol.get_int(message, "after", -1, protocol.MAX_SEQ, default=-1)
+    sink = record.sinks.get(stream)
+    chunks: list[bytes] = []
+    first = last = -1
+    size = 0
+    more = False
+    for seq, chunk in list(sink.held()) if sink is not None else []:
+        if seq <= after:
+            continue
+        if chunks and size + len(chunk) > LOGS_PAGE_BYTES:
+            more = True
+            break
+        first = seq if first < 0 else first
+        last = seq
+        chunks.append(chunk)
+        size += len(chunk)
+    return {"data": chunks, "first": first, "last": last, "more": more,
+            "dropped": sink.dropped_bytes if sink is not None else 0}
+
+
 def op_attach(agent: Agent, session: Session, message: dict[str, Any]) -> Then:
     """Take over an exec: its unacknowledged output and exit record now go to this session."""
     record = _lookup(agent, message)
@@ -243,6 +273,7 @@ REQUESTS: dict[str, Callable[..., Any]] = {
     "list": op_list,
     "stats": op_stats,
     "attach": op_attach,
+    "logs": op_logs,
     "resync": op_resync,
 }
 

@@ -66,6 +66,20 @@ class ExecInfo:
     created_at: datetime.datetime | None
 
 
+@dataclass(frozen=True)
+class OutputPage:
+    """Output the agent holds for one stream: chunks ``first`` to ``last`` (-1 when none), joined.
+
+    ``first`` beyond the ``after`` asked for + 1 means older output is no longer held;
+    ``dropped`` counts the bytes a detached exec's ring overwrote unread."""
+
+    data: bytes
+    first: int
+    last: int
+    more: bool
+    dropped: int
+
+
 class AgentClient(AgentLink):
     """One connection to an agent; makes and attaches :class:`ProxiedExec`\\ s. Use as a context manager.
 
@@ -250,8 +264,14 @@ class AgentClient(AgentLink):
         bundle: str = "",
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         on_event: Callable[[ExecEvent], None] | None = None,
+        detached: bool = False,
     ) -> ProxiedExec:
-        """Create an exec on the agent (state CREATED); its stdio targets are on this host."""
+        """Create an exec on the agent (state CREATED); its stdio targets are on this host.
+
+        ``detached``: the exec is meant to outlive this client. Once no client holds it (this
+        one closed), the agent keeps its last output as a ring of one window per stream,
+        dropping the oldest rather than ever blocking the process, for :meth:`read_output`
+        and :meth:`attach`."""
         stdio, drain_timeout = check_creation(task_id, exec_id, spec, stdio, drain_timeout)
         ends = self._reserve(task_id, exec_id, stdio)
         remote = RemoteExec(
@@ -270,6 +290,8 @@ class AgentClient(AgentLink):
             "paths": list(ends.paths),
             "drain_timeout": drain_timeout,
         }
+        if detached:
+            remote.pending_create["detached"] = True
         # Tracked under its own handle before anything about it can arrive (a dict store is atomic).
         self._conn.execs[remote.handle] = remote
         with self._live_lock:
@@ -282,11 +304,15 @@ class AgentClient(AgentLink):
         exec_id: str,
         stdio: Stdio | None = None,
         on_event: Callable[[ExecEvent], None] | None = None,
+        *,
+        skip_through: tuple[int, int] = (-1, -1),
     ) -> ProxiedExec:
         """Take over an exec another (possibly dead) client created on this agent.
 
         Its status and waiters work, and output not yet delivered flows to the
         new ``stdio`` targets. ``on_event`` gets the exit (the start already happened).
+        ``skip_through``: per stream (stdout, stderr), the last chunk already shown
+        (by :meth:`read_output`): it and those before it are not written again.
         """
         check_exec_ids(task_id, exec_id)
         stdio = stdio if stdio is not None else Stdio()
@@ -306,7 +332,8 @@ class AgentClient(AgentLink):
             remote = RemoteExec(
                 self._conn, handle, task_id, exec_id, bundle=status.bundle, terminal=status.terminal,
                 paths=(status.stdin, status.stdout, status.stderr), stdin=ends.stdin, stdout=ends.stdout,
-                stderr=ends.stderr, on_event=on_event, first_seqs=(max(firsts[0], 0), max(firsts[1], 0)),
+                stderr=ends.stderr, on_event=on_event,
+                first_seqs=(max(firsts[0], skip_through[0] + 1, 0), max(firsts[1], skip_through[1] + 1, 0)),
                 stdin_next=stdin_next,
             )
             remote.pid = status.pid
@@ -351,6 +378,22 @@ class AgentClient(AgentLink):
             if cursor is None:
                 return listed
             after = protocol.get_int(result, "next", after + 1, protocol.MAX_HANDLE)
+
+    def read_output(self, task_id: str, exec_id: str, stream: int, after: int = -1) -> OutputPage:
+        """One page of the output the agent holds for an exec's stream (1: stdout, 2: stderr),
+        numbered after ``after``, without taking it: a detached exec's last window of output
+        (read or not), else what no client has acknowledged yet. Page on with ``after=page.last``
+        while ``page.more``."""
+        check_exec_ids(task_id, exec_id)
+        result = self.request("logs", {"task": task_id, "exec": exec_id, "stream": stream, "after": after})
+        chunks = protocol.get_list(result, "data", 10**6)
+        return OutputPage(
+            b"".join(chunk for chunk in chunks if isinstance(chunk, bytes)),
+            protocol.get_int(result, "first", -1, protocol.MAX_SEQ),
+            protocol.get_int(result, "last", -1, protocol.MAX_SEQ),
+            protocol.get_bool(result, "more", False),
+            protocol.get_int(result, "dropped", 0, 2**63, default=0),
+        )
 
     def stats(self) -> dict[str, int]:
         """The agent's own counters: execs, sessions, fds, threads, RSS, output held for slow readers."""

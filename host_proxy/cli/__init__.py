@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.handler == "run:run_command":
             # Signals first, so that from here on SIGTERM/SIGHUP unwind through the finally below.
             relay = args.relay = SignalRelay().install()
-            if is_embedded(args) and args.command not in ([], ["--"]):
+            if is_embedded(args) and args.command not in ([], ["--"]) and not args.detach:
                 from .embedded import PrivateAgent
 
                 agent = args.private_agent = PrivateAgent(debug=debug).spawn()

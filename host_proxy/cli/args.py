@@ -22,8 +22,8 @@ DEFAULT_TASK = "uvmexec"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_DRAIN_TIMEOUT = 2.0  # as the library's (common.rules, not imported here: it is heavier)
 MAX_DRAIN_TIMEOUT = 3600.0   # the agent's limit
-RUN_USAGE = ("uvmexec run [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--cwd DIR] [--user USER[:GROUP]] "
-             "[--] CMD [ARG...]")
+RUN_USAGE = ("uvmexec run [-d] [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--env-file FILE]... "
+             "[--cwd DIR] [--user USER[:GROUP]] [--] CMD [ARG...]")
 
 
 _FAILED = "  125  uvmexec failed; the one-line message says how (usage, agent unreachable, key refused, ...)"
@@ -32,6 +32,9 @@ COMMAND_EXIT_CODES = {
     "ps": "  0    listed",
     "status": "  0    shown\n  1    the agent tracks no such exec",
     "keygen": "  0    made",
+    "logs": "  0    shown (with -f: followed until the exec exited, or Ctrl-C)",
+    "kill": "  0    signalled each",
+    "rm": "  0    removed each",
     "vm build": "  0    built (or already built)",
     "vm up": "  0    the VM runs",
     "vm down": "  0    stopped, or none ran",
@@ -96,6 +99,7 @@ def build_parser() -> Parser:
     commands.required = True
     _add_run(commands)
     _add_execs(commands)
+    _add_manage(commands)
     keygen = commands.add_parser("keygen", help="make CURVE keys for an agent and its client",
                                  description="Make agent.key(_secret), client.key(_secret) and "
                                              "authorized_keys/ in DIR (never overwriting).")
@@ -106,7 +110,8 @@ def build_parser() -> Parser:
         parser.commands[(name,)] = sub
         sub.set_defaults(subcommand=name)  # "command" is also run's CMD
         sub.formatter_class = argparse.RawDescriptionHelpFormatter
-        sub.epilog = EXIT_CODE_TABLE if name == "run" else exit_codes(name) if name in COMMAND_EXIT_CODES else None
+        sub.epilog = EXIT_CODE_TABLE if name in ("run", "attach") else (
+            exit_codes(name) if name in COMMAND_EXIT_CODES else None)
         # --debug is accepted after the command too ("uvmexec run --debug -- ...").
         sub.add_argument("--debug", dest="debug_here", action="store_true", help=argparse.SUPPRESS)
     for name, vm_sub in vm_commands.items():
@@ -151,10 +156,16 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         "run", help="run a command with this terminal's stdio attached", usage=RUN_USAGE,
         description="Run CMD in a guest, like 'docker exec'. Its exit code becomes uvmexec's. "
                     "Without --guest or --vm it runs through a private agent on this host.")
+    run.add_argument("-d", "--detach", action="store_true",
+                     help="start it, print TASK/EXEC and leave it running; the agent keeps its last 4 MiB of "
+                          "output per stream ('uvmexec logs', 'attach', 'kill', 'rm'); needs --guest or --vm")
     run.add_argument("-i", "--interactive", action="store_true", help="stream stdin to the command")
     run.add_argument("-t", "--tty", action="store_true", help="give the command a pseudo-terminal")
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                      help="set K in the command's environment; a bare K copies it from ours (repeatable)")
+    run.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                     help="read K=V (or a bare K) lines from FILE, as --env; '#' lines are comments "
+                          "(repeatable; --env wins)")
     run.add_argument("-w", "--cwd", "--workdir", default="/", metavar="DIR",
                      help="working directory in the guest (default /)")
     run.add_argument("-u", "--user", metavar="USER[:GROUP]",
@@ -191,6 +202,40 @@ def _add_execs(commands: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="print JSON")
     add_connection_options(status, embedded=False)
     status.set_defaults(handler="ps:status_command")
+
+
+def _add_manage(commands: argparse._SubParsersAction) -> None:
+    attach = commands.add_parser(
+        "attach", help="attach this terminal's stdio to a running exec",
+        description="Take over a running exec's stdio (its output not yet delivered comes first), forward "
+                    "signals, and exit with its exit code. On a terminal, Ctrl-P Ctrl-Q detaches and "
+                    "leaves it running.")
+    attach.add_argument("exec_ref", metavar="TASK/EXEC")
+    attach.add_argument("--no-stdin", action="store_true", help="do not attach stdin")
+    add_connection_options(attach, embedded=False)
+    attach.set_defaults(handler="run:attach_command")
+    logs = commands.add_parser(
+        "logs", help="print the output the agent keeps for an exec",
+        description="Print the output the agent holds for an exec, without taking it: the last 4 MiB of "
+                    "each stream of one started with 'run -d' (read or not); of others, what was not "
+                    "delivered yet. stdout to stdout, stderr to stderr.")
+    logs.add_argument("exec_ref", metavar="TASK/EXEC")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="then take its output over and follow it until it exits (Ctrl-C stops)")
+    add_connection_options(logs, embedded=False)
+    logs.set_defaults(handler="manage:logs_command")
+    kill = commands.add_parser("kill", help="send a signal to execs",
+                               description="Send a signal to each exec's process (whoever created it).")
+    kill.add_argument("exec_refs", metavar="TASK/EXEC", nargs="+")
+    kill.add_argument("-s", "--signal", default="KILL", help="a name (TERM, SIGHUP, ...) or number (default KILL)")
+    add_connection_options(kill, embedded=False)
+    kill.set_defaults(handler="manage:kill_command")
+    rm = commands.add_parser("rm", help="remove exited execs",
+                             description="Remove exited execs from the agent (their status and output).")
+    rm.add_argument("exec_refs", metavar="TASK/EXEC", nargs="+")
+    rm.add_argument("-f", "--force", action="store_true", help="kill a running exec first (exit status 137)")
+    add_connection_options(rm, embedded=False)
+    rm.set_defaults(handler="manage:rm_command")
 
 
 def _add_vm(commands: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:

@@ -56,6 +56,7 @@ from .errors import CliError, Exit, classify, classify_start
 from .signals import (
     EVENT_BACK,
     EVENT_BROKEN_PIPE,
+    EVENT_DETACH,
     EVENT_EXITED,
     EVENT_GONE,
     EVENT_INTERRUPT_KEY,
@@ -74,6 +75,7 @@ INTERRUPTS_TO_KILL = 3
 INTERRUPT_WINDOW = 5.0
 DELETE_WAIT = 5.0
 STUCK_AFTER = 1.0  # an agent that leaves a forwarded signal unanswered this long is not answering
+DETACH_KEYS = b"\x10\x11"  # Ctrl-P Ctrl-Q, as docker's
 LOSS_GRACE = 0.5  # a lost agent is announced after this long, unless its server is found gone first
 _CONNECTION_EVENTS = {"lost": EVENT_LOST, "ready": EVENT_BACK, "gone": EVENT_GONE, "restarted": EVENT_RESTARTED}
 
@@ -94,6 +96,28 @@ def check_user_syntax(text: str) -> None:
     user_text, colon, group_text = text.partition(":")
     if not user_text or (colon and not group_text) or ":" in group_text:
         raise CliError(f"--user {text!r}: give USER, UID, USER:GROUP or UID:GID")
+
+
+def read_env_files(paths: list[str]) -> list[str]:
+    """docker's --env-file: K=V or a bare K per line; blank lines and '#' comments skipped; no quoting."""
+    entries = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as file:
+                lines = file.read().splitlines()
+        except FileNotFoundError:
+            raise CliError(f"--env-file {path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise CliError(f"--env-file {path}: cannot read it: {getattr(error, 'strerror', None) or error}") from None
+        for number, line in enumerate(lines, 1):
+            text = line.lstrip()
+            if not text or text.startswith("#"):
+                continue
+            name = text.partition("=")[0]
+            if not name or any(c.isspace() for c in name):
+                raise CliError(f"--env-file {path}:{number}: {line!r} is not NAME=VALUE or NAME")
+            entries.append(text)
+    return entries
 
 
 def build_env(entries: list[str], home: str, tty: bool) -> list[str]:
@@ -118,10 +142,14 @@ def run_command(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise CliError("run needs a command: uvmexec run [OPTIONS] [--] CMD [ARG...]")
-    if args.tty and args.interactive and not os.isatty(0):
+    if args.tty and args.interactive and not args.detach and not os.isatty(0):
         raise CliError("the input device is not a TTY (drop -t, or run from a terminal)")
     args.drain_seconds = _drain_timeout(args)
     embedded = is_embedded(args)
+    if args.detach and embedded:
+        raise CliError("-d needs an agent that outlives uvmexec: give --guest ENDPOINT or --vm "
+                       "(the private agent ends with uvmexec)")
+    args.env = read_env_files(args.env_file) + args.env
     if args.user is not None:
         check_user_syntax(args.user)
     user, home = default_identity(embedded)  # --user is looked up where the command runs, once connected
@@ -145,23 +173,35 @@ def run_command(args: argparse.Namespace) -> int:
             relay.uninstall()
 
 
-def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, exec_id: str,
-         relay: SignalRelay, local_tty: int | None) -> int:
-    if not args.debug:
-        # Losing the agent, and what it costs, is said here, once, in the command's terms.
+def quiet_library(debug: bool) -> None:
+    """Losing the agent, and what it costs, is said by the command line, once, in its own terms."""
+    if not debug:
         for name in ("host_proxy.connection", "host_proxy.remote_exec"):
             logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def stdin_reader(relay: SignalRelay, raw: bool) -> FdReader:
+    """Our stdin for the library; on a raw terminal the interrupt key and Ctrl-P Ctrl-Q are events."""
+    if not raw:
+        return FdReader(0)
+    key = interrupt_key(0)  # raw: Ctrl-C is a byte for the guest's terminal
+    return FdReader(0, on_data=None if key is None else
+                    lambda data: relay.post(EVENT_INTERRUPT_KEY) if key in data else None,
+                    detach_keys=DETACH_KEYS, on_detach=lambda: relay.post(EVENT_DETACH))
+
+
+def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, exec_id: str,
+         relay: SignalRelay, local_tty: int | None) -> int:
+    quiet_library(args.debug)
     if args.user is not None:
         accounts = (users.read_local_accounts() if target.embedded is not None
                     else users.read_accounts(target.client, args.task, target.where))
         resolved = users.resolve(args.user, accounts, target.where)
         spec = dataclasses.replace(spec, user=resolved.user, env=build_env(args.env, resolved.home, args.tty))
+    if args.detach:
+        return _run_detached(target, args, spec, exec_id)
     target.client.watch(lambda what: relay.post(_CONNECTION_EVENTS[what]))
-    reader = None
-    if args.interactive:
-        key = interrupt_key(0) if args.tty else None  # raw: Ctrl-C is a byte for the guest's terminal
-        reader = FdReader(0, on_data=None if key is None else
-                          lambda data: relay.post(EVENT_INTERRUPT_KEY) if key in data else None)
+    reader = stdin_reader(relay, raw=args.tty and os.isatty(0)) if args.interactive else None
     out = FdWriter(1, on_broken=lambda: relay.post(EVENT_BROKEN_PIPE))
     err = None if args.tty else FdWriter(2)
     try:
@@ -180,28 +220,76 @@ def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, ex
             _raw_logging(True)
         relay.relay()
         started = True
-        # wait() blocks through the start and the exit (a failed start is an exit with 1, too).
-        watcher = threading.Thread(target=_post_exit, args=(made, relay), name="uvmexec-wait", daemon=True)
-        watcher.start()
         try:
-            supervisor = _Supervisor(made, relay, raw, local_tty, spec.console_size, target)
-            supervisor.drain_timeout = args.drain_timeout
-            status = supervisor.run()
+            status = supervise(made, relay, raw, local_tty, spec.console_size, target, start=True,
+                               drain_timeout=args.drain_timeout, ref=f"{args.task}/{exec_id}")
         except _GaveUp:
-            abandoned = True  # asking the agent anything more would wait for it again
-            # Closing the client ends our record of the exec: no news after "giving up".
-            logging.getLogger("host_proxy.remote_exec").setLevel(logging.ERROR)
+            abandoned = True  # the agent does not answer, or we detached: the exec is left to it
             raise
-        watcher.join()
         return status
     finally:
         if raw is not None:
             raw.restore()
             _raw_logging(False)
+        if abandoned:
+            target.client.close()  # before stdin ends: a detached command's stdin stays open
         if reader is not None:
             reader.close()  # a worker thread may be blocked reading our stdin: let it go
         if not abandoned:
             _delete(made, started)
+
+
+def supervise(made: ProxiedExec, relay: SignalRelay, raw: RawMode | None, local_tty: int | None,
+              size: tuple[int, int] | None, target: connect.Target, *, start: bool, drain_timeout: float,
+              ref: str) -> int:
+    """Run the main loop until the exec exits (starting it first if ``start``); its exit status."""
+    # wait() blocks through the start and the exit (a failed start is an exit with 1, too).
+    watcher = threading.Thread(target=_post_exit, args=(made, relay), name="uvmexec-wait", daemon=True)
+    watcher.start()
+    supervisor = _Supervisor(made, relay, raw, local_tty, size, target, start=start, ref=ref)
+    supervisor.drain_timeout = drain_timeout
+    try:
+        status = supervisor.run()
+    except _GaveUp:
+        # Closing the client ends our record of the exec: no news after "giving up".
+        logging.getLogger("host_proxy.remote_exec").setLevel(logging.ERROR)
+        raise
+    watcher.join()
+    return status
+
+
+class _Discard:
+    """Output nobody here reads (a detached exec's, until the client is gone)."""
+
+    def write(self, data: bytes | memoryview) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _run_detached(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, exec_id: str) -> int:
+    """Start the command, print TASK/EXEC and leave it to the agent, which keeps its output."""
+    keep_open = os.pipe2(os.O_CLOEXEC) if args.interactive else None
+    # With -i its stdin stays open on the agent for 'uvmexec attach': a source that never ends.
+    reader = FdReader(keep_open[0]) if keep_open is not None else None
+    stdio = Stdio(stdin=cast(BinaryIO, reader), stdout=cast(BinaryIO, _Discard()),
+                  stderr=None if args.tty else cast(BinaryIO, _Discard()))
+    try:
+        try:
+            made = target.client.create_exec(args.task, exec_id, spec, stdio, drain_timeout=args.drain_seconds,
+                                             detached=True)
+            made.start()
+        except ExecError as error:
+            raise classify_start(error, target.where) from None
+        print(f"{args.task}/{exec_id}", flush=True)
+        target.client.close()  # no client holds it now: the agent keeps its output as a ring
+        return Exit.OK
+    finally:
+        if reader is not None:
+            reader.close()
+        for fd in keep_open or ():
+            os.close(fd)
 
 
 def _drain_timeout(args: argparse.Namespace) -> float:
@@ -251,8 +339,11 @@ class _Supervisor:
     """
 
     def __init__(self, made: ProxiedExec, relay: SignalRelay, raw: RawMode | None, local_tty: int | None,
-                 initial_size: tuple[int, int] | None, target: connect.Target) -> None:
+                 initial_size: tuple[int, int] | None, target: connect.Target, *, start: bool = True,
+                 ref: str = "") -> None:
         self.made = made
+        self.ref = ref
+        self.starting = start
         self.relay = relay
         self.raw = raw
         self.local_tty = local_tty
@@ -276,10 +367,13 @@ class _Supervisor:
         """Start the command and supervise it until it exits; its exit status."""
         gone_fd = self.target.server_gone_fd
         try:
-            # Started on the worker, as any request: the loop hears Ctrl-C while the start is out
-            # (its reply may be lost with the agent). Requests submitted later go after it.
-            self.start = self.requests.submit(self.made.start)
-            self.start.add_done_callback(lambda _: self.relay.post(EVENT_STARTED))
+            if self.starting:
+                # Started on the worker, as any request: the loop hears Ctrl-C while the start is out
+                # (its reply may be lost with the agent). Requests submitted later go after it.
+                self.start = self.requests.submit(self.made.start)
+                self.start.add_done_callback(lambda _: self.relay.post(EVENT_STARTED))
+            else:
+                self.start.set_result(None)  # attached: it started long ago
             if self.local_tty is not None:
                 self._resize()  # the window may have changed while the exec was being created
             poller = select.poll()
@@ -369,6 +463,9 @@ class _Supervisor:
                              "giving up on the command (it may still run there)")
         elif event == EVENT_RESTARTED:
             self.ended_by = f"{self.where} restarted while the command ran: the command is gone"
+        elif event == EVENT_DETACH:
+            raise _GaveUp(f"detached from {self.ref}: it runs on; 'uvmexec attach {self.ref}' comes back "
+                          "to it", Exit.OK)
         elif event == EVENT_INTERRUPT_KEY:
             self._ending(self._submit(self._ping), Exit.INTERRUPTED, "interrupted")
         elif event == signal.SIGWINCH:
@@ -438,3 +535,52 @@ class _Supervisor:
 
 
 __all__ = ["Exit", "run_command"]
+
+
+def attach_command(args: argparse.Namespace) -> int:
+    """``uvmexec attach TASK/EXEC``: take over a running exec's stdio, like ``run`` from then on."""
+    from .ps import find
+
+    relay = SignalRelay().install()
+    try:
+        with connect.connect(args, allow_embedded=False, debug=args.debug) as target:
+            quiet_library(args.debug)
+            try:
+                info = find(target.client.list_exec_info(), args.exec_ref, target.where)
+            except ExecError as error:
+                raise classify(error, target.where) from None
+            if info is None:
+                raise CliError(f"no exec {args.exec_ref!r} on {target.where} (see 'uvmexec ps')")
+            task, exec_id = info.status.id, info.status.exec_id
+            terminal = info.status.terminal
+            local_tty = terminal_fd(0, 1) if terminal else None
+            raw_wanted = terminal and not args.no_stdin and os.isatty(0)
+            target.client.watch(lambda what: relay.post(_CONNECTION_EVENTS[what]))
+            reader = None if args.no_stdin else stdin_reader(relay, raw=raw_wanted)
+            out = FdWriter(1, on_broken=lambda: relay.post(EVENT_BROKEN_PIPE))
+            err = None if terminal else FdWriter(2)
+            stdio = Stdio(stdin=cast(BinaryIO, reader), stdout=cast(BinaryIO, out), stderr=cast(BinaryIO, err))
+            try:
+                made = target.client.attach(task, exec_id, stdio)
+            except ExecError as error:
+                if reader is not None:
+                    reader.close()
+                raise classify(error, target.where) from None
+            raw = RawMode(0) if raw_wanted else None
+            try:
+                if raw is not None:
+                    raw.enter()
+                    _raw_logging(True)
+                relay.relay()
+                return supervise(made, relay, raw, local_tty, None, target, start=False,
+                                 drain_timeout=0.0, ref=f"{task}/{exec_id}")
+            finally:
+                if raw is not None:
+                    raw.restore()
+                    _raw_logging(False)
+                target.client.close()  # before stdin ends: a command we leave keeps its stdin open
+                if reader is not None:
+                    reader.close()
+    finally:
+        relay.relay()  # a signal during clean-up must not interrupt it
+        relay.uninstall()

@@ -20,6 +20,7 @@ from types import FrameType
 
 # Events other threads post (none is a signal number):
 EVENT_BROKEN_PIPE = 0   # our stdout's reader went away
+EVENT_DETACH = 248      # Ctrl-P Ctrl-Q was read from our raw stdin: leave the command running
 EVENT_STARTED = 249     # the start request finished (the process runs, or it failed to start)
 EVENT_LOST = 250        # the connection to the agent was lost (the client waits for it to come back)
 EVENT_BACK = 251        # ... and it is back

@@ -286,3 +286,34 @@ def test_a_name_that_is_not_there(tmp_path, user, words):
     result = run_cli(["run", "--user", user, "--", "true"], tmp_path)
     assert result.returncode == 125
     assert result.stderr.decode().startswith(f"uvmexec: {words}")
+
+
+@pytest.mark.timeout(60)
+def test_env_files_then_env_options(tmp_path):
+    first = tmp_path / "first.env"
+    first.write_text("# a comment\n\nA=from file\nB=b=c\n  C=indented\nFROM_MY_ENV\nNOT_SET_ANYWHERE\nPATH=/bin\n")
+    second = tmp_path / "second.env"
+    second.write_text("A=second file\n")
+    env = cli_env(tmp_path, FROM_MY_ENV="copied")
+    result = run_cli(["run", "--env-file", str(first), "--env-file", str(second), "--env", "B=option", "--",
+                      "env"], tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    environment = dict(line.split("=", 1) for line in lines)
+    assert len(environment) == len(lines), "a name was set twice"
+    assert (environment["A"], environment["B"], environment["C"]) == ("second file", "option", "indented")
+    assert environment["FROM_MY_ENV"] == "copied" and "NOT_SET_ANYWHERE" not in environment
+    assert environment["PATH"] == "/bin"  # ours replace the defaults
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("content", "words"), [(None, "no such file"),
+                                                ("GOOD=1\nBAD NAME=2\n", ":2: 'BAD NAME=2' is not NAME=VALUE")])
+def test_a_bad_env_file(tmp_path, content, words):
+    path = tmp_path / "x.env"
+    if content is not None:
+        path.write_text(content)
+    result = run_cli(["run", "--env-file", str(path), "--", "true"], tmp_path)
+    assert result.returncode == 125
+    assert result.stderr.decode().startswith(f"uvmexec: --env-file {path}")
+    assert words in result.stderr.decode()
