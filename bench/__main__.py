@@ -34,6 +34,7 @@ FAMILIES = {
     "fanout": "bench.fanout",
     "lost_agent": "bench.lost_agent",
     "guest": "bench.guest",
+    "cli": "bench.cli",
 }
 
 

@@ -108,10 +108,15 @@ class AgentClient(AgentLink):
         known_hosts: str | os.PathLike[str] | None = None,
         timeout: float = 10.0,
         reconnect_timeout: float = 30.0,
+        direct: bool = True,
     ) -> AgentClient:
         """Connect and say hello. A refused, unreachable or unauthenticated agent raises
         ``UnavailableError`` within ``timeout``; one that shares no protocol version
-        raises ``UnimplementedError``."""
+        raises ``UnimplementedError``.
+
+        ``direct=False`` sends every request through the one connection, never opening the
+        request-only sockets of :mod:`host_proxy.direct`: each of those costs a handshake
+        (a CURVE one over tcp), which a client that sends a request or two never wins back."""
         if not isinstance(endpoint, str):
             raise InvalidArgumentError(f"endpoint must be a string, not {type(endpoint).__name__}")
         curve = None
@@ -140,6 +145,8 @@ class AgentClient(AgentLink):
         loop_thread = shared_loop()
         connection = Connection(loop_thread, zmq_endpoint, display=endpoint, curve=curve, timeout=timeout,
                                 reconnect_timeout=reconnect_timeout)
+        if not direct:
+            connection.direct.close()  # no socket made yet: every request falls back to the loop
         opened: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         loop_thread.loop.call_soon_threadsafe(connection.open, opened)
         try:

@@ -91,7 +91,7 @@ def connect(args: argparse.Namespace, *, allow_embedded: bool, debug: bool = Fal
                 raise CliError("no VM runs (start one with 'uvmexec vm up')", Exit.FAILED)
         where = f"the VM's agent at {info.agent_endpoint}"
         with _open(info.agent_endpoint, where, args.timeout, server_key=str(info.server_key),
-                   client_key=str(info.client_key)) as client, _vm_watch(info.pid) as gone_fd:
+                   client_key=str(info.client_key)) as client, _vm_watch(info.pid, str(info.qmp_socket)) as gone_fd:
             yield Target(client, where, server_gone_fd=gone_fd, server="the VM")
         return
     if guest is None:
@@ -134,13 +134,18 @@ def _pidfd(pid: int | None) -> Iterator[int | None]:
 
 
 @contextlib.contextmanager
-def _vm_watch(pid: int) -> Iterator[int | None]:
-    """A pidfd of the VM's QEMU — checked, once open, to be that QEMU still (not a recycled pid)."""
-    import vm_images
-
+def _vm_watch(pid: int, qmp_socket: str) -> Iterator[int | None]:
+    """A pidfd of the VM's QEMU — checked, once open, to be that QEMU still (not a recycled pid):
+    a live process whose command line serves the VM's QMP socket, as vm_images checks it."""
     with _pidfd(pid) as fd:
-        info = vm_images.status() if fd is not None else None
-        yield fd if info is not None and info.pid == pid else None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                ours = f"unix:{qmp_socket},".encode() in cmdline.read()
+            with open(f"/proc/{pid}/stat") as stat_file:
+                ours = ours and stat_file.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            ours = False
+        yield fd if ours else None
 
 
 def _credentials(args: argparse.Namespace, endpoint: Named) -> dict[str, object]:
@@ -292,7 +297,8 @@ def _open(endpoint: str, where: str, timeout: float,
           diagnose: Callable[[BaseException], CliError | None] = lambda error: None,
           **options: object) -> Iterator[AgentClient]:
     try:
-        client = AgentClient.connect(endpoint, timeout=timeout, **options)  # type: ignore[arg-type]
+        # A command line sends a request or two: a second connection's handshake would cost more.
+        client = AgentClient.connect(endpoint, timeout=timeout, direct=False, **options)  # type: ignore[arg-type]
     except Exception as error:
         raise diagnose(error) or classify(error, where, endpoint) from None
     with client:

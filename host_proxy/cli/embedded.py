@@ -4,7 +4,9 @@ Promise: :class:`PrivateAgent` starts ``python -m guest_agent`` listening on an
 ipc socket in a fresh 0700 directory, returns once the agent printed its
 ready line (or fails within a deadline with the agent's own words), and
 ``stop()`` — called on every exit path — ends it (SIGTERM, a bounded wait,
-SIGKILL), reaps it and removes the directory. The agent also dies with
+SIGKILL; at once SIGKILL when ``idle`` says it holds no exec any more and
+it has no child process, so there is nothing for it to clean up), reaps it
+and removes the directory. The agent also dies with
 ``uvmexec`` if ``uvmexec`` is killed outright (``PR_SET_PDEATHSIG``), and it
 runs in its own session so the terminal's Ctrl-C reaches only ``uvmexec``,
 which decides what the command gets.
@@ -47,6 +49,8 @@ class PrivateAgent:
         self.endpoint = ""
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_seconds = 0.0
+        #: Set once the agent holds no exec (ours was deleted): stop() need not let it shut down.
+        self.idle = False
         self._began = 0.0
         self._log_path = ""
 
@@ -124,7 +128,10 @@ class PrivateAgent:
         """End the agent and remove its directory. Idempotent; safe on a half-started agent."""
         process, self.process = self.process, None
         if process is not None:
-            if process.poll() is None:
+            if process.poll() is None and self.idle and not _has_children(process.pid):
+                process.kill()  # nothing of ours runs under it: its orderly shutdown is wasted time
+                process.wait()
+            elif process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
                     process.wait(timeout)
@@ -142,6 +149,18 @@ class PrivateAgent:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _has_children(pid: int) -> bool:
+    """Whether ``pid`` has a child process (something a command left behind, which its shutdown kills)."""
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                if children.read().strip():
+                    return True
+    except OSError:
+        return True  # cannot tell: let it shut down in order
+    return False
 
 
 def read_line(fd: int, timeout: float) -> bytes:

@@ -235,8 +235,8 @@ def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, ex
             target.client.close()  # before stdin ends: a detached command's stdin stays open
         if reader is not None:
             reader.close()  # a worker thread may be blocked reading our stdin: let it go
-        if not abandoned:
-            _delete(made, started)
+        if not abandoned and _delete(made, started) and target.embedded is not None:
+            target.embedded.idle = True
 
 
 def supervise(made: ProxiedExec, relay: SignalRelay, raw: RawMode | None, local_tty: int | None,
@@ -307,17 +307,20 @@ def _post_exit(made: ProxiedExec, relay: SignalRelay) -> None:
         relay.post(EVENT_EXITED)
 
 
-def _delete(made: ProxiedExec, started: bool) -> None:
-    """Leave no record on the agent; an exec still running (we are failing) is left to it."""
+def _delete(made: ProxiedExec, started: bool) -> bool:
+    """Leave no record on the agent; an exec still running (we are failing) is left to it.
+    True if it was deleted."""
     try:
         if started:
             if made.state is ExecState.RUNNING:
-                return
+                return False
             # A failed start: the agent has exited it, and this host is recording that right now.
             made.wait(timeout=DELETE_WAIT)
         made.delete()
     except ExecError as error:
         log.debug("deleting %s: %s", made, error)
+        return False
+    return True
 
 
 def _raw_logging(raw: bool) -> None:

@@ -317,3 +317,17 @@ def test_a_bad_env_file(tmp_path, content, words):
     assert result.returncode == 125
     assert result.stderr.decode().startswith(f"uvmexec: --env-file {path}")
     assert words in result.stderr.decode()
+
+
+@pytest.mark.timeout(60)
+def test_what_a_command_leaves_behind_ends_with_the_private_agent(tmp_path):
+    env = cli_env(tmp_path)
+    result = run_cli(["run", "--", "sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    left = int(result.stdout)
+    try:
+        assert gone(left)  # the agent, not SIGKILLed while it had a child, ended it
+    finally:
+        if not gone(left):
+            os.kill(left, signal.SIGKILL)
+    assert os.listdir(env["TMPDIR"]) == []
