@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .measure import Options, interleave, private_directory
 from .report import FamilyResult, Target
@@ -95,7 +96,7 @@ def _vm(options: Options) -> FamilyResult:
     state = private_directory("uvm-bench-cli-")
     try:
         options.progress("cli_vm: booting the guest")
-        info = vm_images.up(state_dir=state)
+        info = vm_images.up(state_dir=Path(state))
         result.notes.append(f"guest booted in {info.boot_seconds:.1f} s ({info.accel})")
         openssh = ControlMasterPeer(info.ssh_host, info.ssh_port, info.ssh_user, str(info.ssh_key),
                                     str(info.known_hosts), state)
@@ -116,7 +117,7 @@ def _vm(options: Options) -> FamilyResult:
         finally:
             openssh.close()
     finally:
-        vm_images.down(state_dir=state)
+        vm_images.down(state_dir=Path(state))
         shutil.rmtree(state, ignore_errors=True)
     return result.finish()
 
