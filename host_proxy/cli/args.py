@@ -35,6 +35,7 @@ COMMAND_EXIT_CODES = {
     "logs": "  0    shown (with -f: followed until the exec exited, or Ctrl-C)",
     "kill": "  0    signalled each",
     "rm": "  0    removed each",
+    "cp": "  0    copied",
     "vm build": "  0    built (or already built)",
     "vm up": "  0    the VM runs",
     "vm down": "  0    stopped, or none ran",
@@ -236,6 +237,17 @@ def _add_manage(commands: argparse._SubParsersAction) -> None:
     rm.add_argument("-f", "--force", action="store_true", help="kill a running exec first (exit status 137)")
     add_connection_options(rm, embedded=False)
     rm.set_defaults(handler="manage:rm_command")
+    cp = commands.add_parser(
+        "cp", help="copy files or directories into or out of the guest",
+        description="Copy a file or directory between here and where the agent runs; a leading ':' marks "
+                    "the path there (uvmexec cp --vm ./conf :/etc/app/, uvmexec cp --vm :/var/log/app.log .). "
+                    "Into an existing directory the source goes under its own name, else it takes the "
+                    "destination's. '-' is a tar stream on stdin (unpacked into :DIR) or stdout. Needs tar there.")
+    cp.add_argument("source", metavar="SRC")
+    cp.add_argument("destination", metavar="DEST")
+    cp.add_argument("--task", default=DEFAULT_TASK, help=argparse.SUPPRESS)
+    add_connection_options(cp, embedded=False)
+    cp.set_defaults(handler="copy:copy_command")
 
 
 def _add_vm(commands: argparse._SubParsersAction) -> dict[str, argparse.ArgumentParser]:
