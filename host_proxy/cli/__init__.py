@@ -2,8 +2,11 @@
 
 ::
 
-    uvmexec run [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--cwd DIR] [--user USER[:GROUP]] -- CMD [ARG...]
-    uvmexec ps [--guest ENDPOINT | --vm] [--json]
+    uvmexec run [-d] [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--env-file FILE]... [--cwd DIR]
+                [--user USER[:GROUP]] [--drain-timeout SECONDS] -- CMD [ARG...]
+    uvmexec attach | logs [-f] | kill [-s SIGNAL] | rm [-f] TASK/EXEC
+    uvmexec cp SRC :DEST | :SRC DEST
+    uvmexec ps [-a] [-q] [--format table|json] [--guest ENDPOINT | --vm]
     uvmexec status TASK/EXEC [--guest ENDPOINT | --vm] [--json]
     uvmexec keygen DIR
     uvmexec vm build | up | down | status

@@ -25,7 +25,14 @@ Promise, as ``docker exec``:
   agent does not come back in time, or comes back restarted;
 - when our stdout's reader goes away (``uvmexec run -- yes | head``) the
   command gets SIGPIPE, as it would in a local pipeline;
-- the exec is deleted from the agent once it exited, so no record is left.
+- output written after the exit is read for ``--drain-timeout`` seconds (0:
+  until the streams close), and one line says so if that cut it off;
+- the exec is deleted from the agent once it exited, so no record is left —
+  unless Ctrl-P Ctrl-Q on a raw terminal detached from it, or ``-d`` started
+  it detached (TASK/EXEC printed; its output kept by the agent, see
+  :mod:`host_proxy.cli.manage`).
+
+``attach TASK/EXEC`` is the same main loop on an exec that already runs.
 """
 
 from __future__ import annotations
