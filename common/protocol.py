@@ -220,7 +220,7 @@ class _StdioArgs:
     """The fields of a request that makes an exec: which streams the client attaches, the paths
     it reports, the drain timeout."""
 
-    __slots__ = ("stdin", "stdout", "stderr", "paths", "drain_timeout")
+    __slots__ = ("stdin", "stdout", "stderr", "paths", "drain_timeout", "detached")
 
     def _read_stdio(self, message: dict[str, Any]) -> None:
         stdio = get_map(message, "stdio")
@@ -232,6 +232,8 @@ class _StdioArgs:
             raise _bad("paths", "must hold three paths (stdin, stdout, stderr)")
         self.paths = tuple(check_text(path, "paths", max_bytes=MAX_PATH_BYTES) for path in paths)
         self.drain_timeout = get_number(message, "drain_timeout", 0.0, MAX_DRAIN_TIMEOUT, 2.0)
+        # Detached: while no session owns the exec its output is a ring, never a reason to block.
+        self.detached = get_bool(message, "detached", False)
 
 
 class CreateArgs(_StdioArgs):

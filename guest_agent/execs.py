@@ -2,7 +2,8 @@
 
 The exec belongs to one session at a time (its creator, or whoever attached
 last); output chunks, stdin acknowledgements and the exit record go to that
-session. The exit record stays until the exec is deleted, so a client that
+session. A detached exec (``create`` with ``detached``) keeps its output as
+a ring while no session owns it (see :class:`~guest_agent.wire_stdio.WireSink`). The exit record stays until the exec is deleted, so a client that
 reconnects or attaches later still learns how it ended.
 
 A replay (after ``attach`` or ``resync``) resends up to a window per stream, and libzmq keeps a
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import protocol
 from common.protocol import STDERR, STDOUT, STREAMS, CreateArgs, CreateTaskArgs
-from common.state import ExecStatus
+from common.state import ExecStatus, utc_now
 from common.supervisor import ExecCore, Supervisor
 
 from .wire_stdio import WireSink, WireSource
@@ -40,13 +41,18 @@ class AgentExec:
     def __init__(self, supervisor: Supervisor, handle: int, owner: Session, args: CreateArgs | CreateTaskArgs,
                  window: int, *, make_core: Callable[..., ExecCore] | None = None) -> None:
         self.handle = handle
+        self.created_at = utc_now()
+        self.detached = args.detached
+        self.sinks: dict[int, WireSink] = {}
         self.owner: Session | None = None
         chunk = protocol.MAX_CHUNK_BYTES
-        self.sinks: dict[int, WireSink] = {}
+        unread = (lambda: self.owner is None) if args.detached else None
         if args.stdout:
-            self.sinks[STDOUT] = WireSink(lambda seq, data: self._send_chunk(STDOUT, seq, data), window, chunk)
+            self.sinks[STDOUT] = WireSink(lambda seq, data: self._send_chunk(STDOUT, seq, data), window, chunk,
+                                          unread)
         if args.stderr:
-            self.sinks[STDERR] = WireSink(lambda seq, data: self._send_chunk(STDERR, seq, data), window, chunk)
+            self.sinks[STDERR] = WireSink(lambda seq, data: self._send_chunk(STDERR, seq, data), window, chunk,
+                                          unread)
         self.stdin = WireSource(self._send_stdin_ack, window) if args.stdin else None
         self.exit_header: dict[str, Any] | None = None
         #: A replay waiting for the one in flight: per stream, resend the chunks after this number.
@@ -89,6 +95,9 @@ class AgentExec:
         self.owner = session
         if session is not None:
             session.owned.add(self)
+        if self.detached and session is None:
+            for sink in self.sinks.values():
+                sink.poke()
 
     def _send(self, frames: list[Any]) -> None:
         if self.owner is not None:
@@ -113,6 +122,7 @@ class AgentExec:
             "pid": status.pid,
             "started": status.pid != 0,
             "forced": self.core.forced,
+            "cut": self.core.output_cut,
             "q": self.last_seqs(),
         }
         if self._replay_after is None:  # else the waiting replay sends it, after the output it names

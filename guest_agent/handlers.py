@@ -183,30 +183,84 @@ def op_stats(agent: Agent, session: Session, message: dict[str, Any]) -> dict[st
     }
 
 
+#: How much of an exec's command line ``list`` shows (characters; longer ones are cut with "...").
+LIST_ARGS_CHARS = 256
 #: A ``list`` page holds statuses up to about this many bytes (and at least one): a reply stays
 #: small whatever the paths, so even a client that asks and never reads makes libzmq hold little.
 LIST_PAGE_BYTES = 256 * 1024
 
 
 def _status_bytes(status: dict[str, Any]) -> int:
-    """About what a status map takes on the wire: its strings and a bound for the rest."""
-    return 160 + sum(len(value.encode()) for value in status.values() if isinstance(value, str))
+    """About what a listed exec takes on the wire: its strings (the command line's too) and a
+    bound for the rest."""
+    size = 160
+    for value in status.values():
+        if isinstance(value, str):
+            size += len(value.encode())
+        elif isinstance(value, list):
+            size += sum(len(item.encode()) + 8 for item in value if isinstance(item, str))
+    return size
+
+
+def _listed(record: AgentExec) -> dict[str, Any]:
+    """An exec's status, with its command line (cut to LIST_ARGS_CHARS) and when it was created."""
+    shown: list[str] = []
+    room = LIST_ARGS_CHARS
+    for arg in record.core.spec.args:
+        if len(arg) > room:  # the first that does not fit is cut, and ends the list
+            shown.append(arg[:max(room, 0)] + "...")
+            break
+        shown.append(arg)
+        room -= len(arg) + 1
+    return {**protocol.status_to_wire(record.core.snapshot), "args": shown,
+            "created": protocol.datetime_to_wire(record.created_at)}
 
 
 def op_list(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
     """One page of the execs the agent tracks, in handle order; ``next`` is the cursor for the
-    following page (None at the end)."""
+    following page (None at the end). Each entry is a status with ``args`` (the command line,
+    cut) and ``created``."""
     after = protocol.get_int(message, "after", 0, protocol.MAX_HANDLE, default=0)
     handles = sorted(handle for handle in agent.handles if handle > after)
     page: list[dict[str, Any]] = []
     size = 0
     for handle in handles:
-        status = protocol.status_to_wire(agent.handles[handle].core.snapshot)
+        status = _listed(agent.handles[handle])
         size += _status_bytes(status)
         if page and size > LIST_PAGE_BYTES:
             break
         page.append(status)
     return {"execs": page, "next": handles[len(page) - 1] if len(page) < len(handles) else None}
+
+
+#: The most output one ``logs`` reply carries (it travels in the reply's header).
+LOGS_PAGE_BYTES = 256 * 1024
+
+
+def op_logs(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    """Output the agent holds for one stream of an exec, numbered after ``after``, at most
+    LOGS_PAGE_BYTES: a detached exec's last window of output (read or not), else what is
+    unacknowledged. Nothing changes hands: it is not acknowledged, and the owner stays."""
+    record = _lookup(agent, message)
+    stream = protocol.get_int(message, "stream", STREAMS[0], STREAMS[-1])
+    after = protocol.get_int(message, "after", -1, protocol.MAX_SEQ, default=-1)
+    sink = record.sinks.get(stream)
+    chunks: list[bytes] = []
+    first = last = -1
+    size = 0
+    more = False
+    for seq, chunk in list(sink.held()) if sink is not None else []:
+        if seq <= after:
+            continue
+        if chunks and size + len(chunk) > LOGS_PAGE_BYTES:
+            more = True
+            break
+        first = seq if first < 0 else first
+        last = seq
+        chunks.append(chunk)
+        size += len(chunk)
+    return {"data": chunks, "first": first, "last": last, "more": more,
+            "dropped": sink.dropped_bytes if sink is not None else 0}
 
 
 def op_attach(agent: Agent, session: Session, message: dict[str, Any]) -> Then:
@@ -290,6 +344,7 @@ REQUESTS: dict[str, Callable[..., Any]] = {
     "list": op_list,
     "stats": op_stats,
     "attach": op_attach,
+    "logs": op_logs,
     "resync": op_resync,
 }
 

@@ -122,6 +122,8 @@ class Connection:
         self.failure: str | None = None
         #: Notified whenever ``state`` becomes "ready" or "closed" (waiters on any thread).
         self.settled = threading.Condition()
+        #: Called on the loop with "lost", "ready" (back), "restarted" or "gone" (see AgentClient.watch).
+        self.watchers: list[Callable[[str], None]] = []
         self._socket: LoopSocket | None = None
         self._monitor: LoopSocket | None = None
         self.direct = DirectRequests(self)
@@ -207,6 +209,13 @@ class Connection:
     def _settle(self) -> None:
         with self.settled:
             self.settled.notify_all()
+
+    def _tell(self, what: str) -> None:
+        for watcher in list(self.watchers):
+            try:
+                watcher(what)
+            except Exception:  # a watcher's bug must not break the connection
+                log.exception("connection watcher %r failed", watcher)
 
     # -- requests ----------------------------------------------------------------------
 
@@ -476,6 +485,7 @@ class Connection:
         log.warning("lost the agent at %s; waiting up to %gs for it", self.display, self.reconnect_timeout)
         self.state = "lost"
         self._lost_timer = self.loop.call_later(self.reconnect_timeout, self._gave_up)
+        self._tell("lost")
 
     def _gave_up(self) -> None:
         self._lost_timer = None
@@ -483,12 +493,14 @@ class Connection:
             return
         why = f"the agent at {self.display} was unreachable for {self.reconnect_timeout:g}s"
         self.state = "gone"  # new requests fail at once until the agent answers again
+        self._tell("gone")
         for remote in list(self.execs.values()):
             remote.force_locally(255, why)
         self._fail_all(UnavailableError(why))
 
     def _agent_restarted(self, boot_id: str) -> None:
         why = f"the agent at {self.display} restarted (boot {self.boot_id} -> {boot_id})"
+        self._tell("restarted")
         for handle, remote in list(self.execs.items()):
             if remote.on_agent or remote.abandoned:  # the ones still only here start on the new agent
                 remote.force_locally(255, why)
@@ -533,3 +545,4 @@ class Connection:
             self._lost_timer = None
         log.info("the agent at %s is back", self.display)
         self._settle()
+        self._tell("ready")

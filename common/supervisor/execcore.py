@@ -125,6 +125,8 @@ class ExecCore:
         self.deleted = False
         #: True once force_exit ended a running process (its output was not drained).
         self.forced = False
+        #: True once the drain deadline cut an output stream short (something kept it open).
+        self.output_cut = False
         self.snapshot = self._make_snapshot()
 
     # -- state ---------------------------------------------------------------
@@ -256,6 +258,7 @@ class ExecCore:
             timer.cancel()
         for result in results:
             if result is False:
+                self.output_cut = True
                 log.warning(
                     "exec %s/%s: output still open %.1fs after exit (a background process holds it); "
                     "stopped reading it",
