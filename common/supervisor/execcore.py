@@ -336,6 +336,12 @@ class ExecCore:
                 sink.abort()
         self._finish(status, utc_now(), op="force_exit")
 
+    def reap_if_killed(self, timeout: float = 5.0) -> None:
+        """After force_exit: make sure the killed process is reaped before this returns (see
+        :meth:`Reaper.reap_killed`); nothing to do for one never started or already reaped."""
+        if self.forced and self._watch is not None and self._pid:
+            self.supervisor.reaper.reap_killed(self._pid, timeout)
+
     def delete(self) -> ExecStatus:
         self._check_live()
         rules.check_delete(self.task_id, self.exec_id, self._state)
