@@ -11,6 +11,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import struct
 import subprocess
 import termios
@@ -18,6 +19,11 @@ import time
 
 import pytest
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from host_proxy.shim import ttrpc
+from host_proxy.shim.proto import shim_pb2
+from host_proxy.shim.service import PROCESS_SPEC_TYPE, SERVICE
 
 from .conftest import PROCESS_ISOLATION, RUNTIME, Containerd
 
@@ -216,3 +222,42 @@ def test_an_isolation_that_is_not_available_is_refused_by_name(containerd: Conta
     assert words in result.stderr.decode(), result.stderr
     containerd.ctr("containers", "rm", "c1")
     assert PROCESS_ISOLATION  # the other tests choose process isolation this way
+
+
+def test_bad_calls_get_grpc_codes_and_bad_frames_leave_containerd_served(containerd: Containerd) -> None:
+    containerd.ctr(*containerd.run_args("c1", "sleep", "100000", extra=("-d",)))
+    bundle = containerd.bundle("c1")
+    with open(os.path.join(bundle, "address")) as address_file:
+        path = address_file.read().removeprefix("unix://")
+    garbage = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        garbage.settimeout(30)
+        garbage.connect(path)
+        garbage.sendall(struct.pack(">IIBB", ttrpc.MAX_MESSAGE_BYTES + 1, 1, 1, 0))
+        assert garbage.recv(1) == b""  # that connection is dropped
+    finally:
+        garbage.close()
+
+    def code_of(method: str, request: Message) -> int:
+        with ttrpc.Client(path) as client:
+            try:
+                client.call(SERVICE, method, request.SerializeToString())
+            except ttrpc.RpcError as error:
+                return error.code
+        return ttrpc.OK
+
+    assert code_of("State", shim_pb2.StateRequest(id="c1")) == ttrpc.OK
+    assert code_of("State", shim_pb2.StateRequest(id="nope")) == ttrpc.NOT_FOUND
+    assert code_of("State", shim_pb2.StateRequest(id="c1", exec_id="nope")) == ttrpc.NOT_FOUND
+    assert code_of("Create", shim_pb2.CreateTaskRequest(id="c1", bundle=bundle)) == ttrpc.ALREADY_EXISTS
+    bad_json = any_pb2.Any(type_url=PROCESS_SPEC_TYPE, value=b"{not json")
+    assert code_of("Exec", shim_pb2.ExecProcessRequest(id="c1", exec_id="x", spec=bad_json)) == ttrpc.INVALID_ARGUMENT
+    bad_field = any_pb2.Any(type_url=PROCESS_SPEC_TYPE, value=b'{"args": ["true"], "selinuxLabel": "x"}')
+    assert code_of("Exec", shim_pb2.ExecProcessRequest(id="c1", exec_id="x", spec=bad_field)) == ttrpc.INVALID_ARGUMENT
+    assert code_of("Pause", shim_pb2.PauseRequest(id="c1")) == ttrpc.UNIMPLEMENTED
+    assert code_of("Delete", shim_pb2.DeleteRequest(id="c1")) == ttrpc.FAILED_PRECONDITION  # still running
+    # containerd's own connection was never disturbed.
+    result = containerd.ctr("task", "exec", "--fifo-dir", containerd.fifo_dir, "--exec-id", "e1", "c1", "echo", "ok")
+    assert result.stdout == b"ok\n"
+    containerd.ctr("task", "rm", "-f", "c1")
+    containerd.ctr("containers", "rm", "c1")
