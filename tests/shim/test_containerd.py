@@ -261,3 +261,24 @@ def test_bad_calls_get_grpc_codes_and_bad_frames_leave_containerd_served(contain
     assert result.stdout == b"ok\n"
     containerd.ctr("task", "rm", "-f", "c1")
     containerd.ctr("containers", "rm", "c1")
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ('isolation = "process"\n', 0),
+    ('isolation = "hypervisor"\n', None),
+    ('isolaton = "process"\n', None),
+])
+def test_the_runtime_options_file_chooses_the_isolation(containerd: Containerd, options: str,
+                                                        expected: int | None) -> None:
+    path = os.path.join(containerd.directory, "shim.toml")
+    with open(path, "w") as options_file:
+        options_file.write(options)
+    args = ["run", "--rm", "--fifo-dir", containerd.fifo_dir, "--runtime", RUNTIME, "--runtime-config-path", path,
+            containerd.image, "c1", "sh", "-c", "exit 0"]
+    result = containerd.ctr(*args, check=False)
+    if expected is not None:
+        assert result.returncode == expected, result.stderr
+        return
+    assert result.returncode != 0
+    assert f"runtime options file {path!r}" in result.stderr.decode(), result.stderr
+    containerd.ctr("containers", "rm", "c1", check=False)  # a failed run --rm may leave the record
