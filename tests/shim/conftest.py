@@ -98,8 +98,36 @@ class Containerd:
     directory: str
     address: str
     env: dict[str, str]
-    process: subprocess.Popen[bytes]
-    image: str
+    config: str
+    image: str = DEFAULT_REF
+    process: subprocess.Popen[bytes] | None = None
+    logger: threading.Thread | None = None
+
+    def launch(self) -> None:
+        """Start containerd and return once it is serving (its log says so)."""
+        self.process = subprocess.Popen(["containerd", "--config", self.config], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env,
+                                        start_new_session=True)
+        booted = threading.Event()
+        self.logger = threading.Thread(target=_keep_log, args=(
+            self.process, os.path.join(self.directory, "containerd.log"), booted))
+        self.logger.start()
+        assert booted.wait(30), "containerd did not boot within 30s"
+
+    def terminate(self) -> None:
+        """SIGTERM containerd and reap it; remove the sockets it leaves behind."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(30)
+        if self.logger is not None:
+            self.logger.join(30)
+        for leftover in (self.address, self.address + ".ttrpc"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+    def restart(self) -> None:
+        self.terminate()
+        self.launch()
 
     def ctr(self, *args: str, check: bool = True, timeout: float = CTR_TIMEOUT,
             input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:  # noqa: A002 - subprocess's name
@@ -159,21 +187,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 """)
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([_shim_bin_dir(directory), env.get("PATH", "")])
-    process = subprocess.Popen(["containerd", "--config", config], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    booted = threading.Event()
-    logger = threading.Thread(target=_keep_log, args=(process, os.path.join(directory, "containerd.log"), booted))
-    logger.start()
-    daemon = Containerd(directory, address, env, process, DEFAULT_REF)
+    daemon = Containerd(directory, address, env, config)
     try:
-        assert booted.wait(30), "containerd did not boot within 30s"
+        daemon.launch()
         daemon.ctr("images", "import", busybox_image)
         yield daemon
         leftovers = daemon.ctr("task", "ls", "-q").stdout.split()
         assert not leftovers, f"tasks left behind: {leftovers}"
     finally:
         _stop(daemon)
-        logger.join(30)
 
 
 def _keep_log(process: subprocess.Popen[bytes], path: str, booted: threading.Event) -> None:
@@ -191,9 +213,8 @@ def _stop(daemon: Containerd) -> None:
         daemon.ctr("task", "kill", "-s", "KILL", container, check=False)
         daemon.ctr("task", "rm", "-f", container, check=False)
         daemon.ctr("containers", "rm", container, check=False)
-    children = descendants(daemon.process.pid)
-    daemon.process.send_signal(signal.SIGTERM)
-    daemon.process.wait(30)
+    children = descendants(daemon.process.pid) if daemon.process is not None else []
+    daemon.terminate()
     # A `delete` command containerd started just before it stopped may still be finishing: give each
     # process naming our directory a bounded while to end; what outlives it is a leak.
     leftovers = [line for line in _processes_naming(daemon.directory)

@@ -282,3 +282,14 @@ def test_the_runtime_options_file_chooses_the_isolation(containerd: Containerd, 
     assert result.returncode != 0
     assert f"runtime options file {path!r}" in result.stderr.decode(), result.stderr
     containerd.ctr("containers", "rm", "c1", check=False)  # a failed run --rm may leave the record
+
+
+def test_a_restarted_containerd_reconnects_to_the_running_shim(containerd: Containerd) -> None:
+    containerd.ctr(*containerd.run_args("c1", "sleep", "100000", extra=("-d",)))
+    containerd.restart()  # it finds the shim through bundle/address and calls Connect
+    assert containerd.ctr("task", "ls", "-q").stdout.split() == [b"c1"]
+    result = containerd.ctr("task", "exec", "--fifo-dir", containerd.fifo_dir, "--exec-id", "e1", "c1",
+                            "sh", "-c", "echo after-restart; exit 5", check=False)
+    assert (result.returncode, result.stdout) == (5, b"after-restart\n")
+    containerd.ctr("task", "rm", "-f", "c1")
+    containerd.ctr("containers", "rm", "c1")
