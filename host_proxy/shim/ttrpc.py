@@ -45,6 +45,7 @@ DEADLINE_EXCEEDED = 4
 NOT_FOUND = 5
 ALREADY_EXISTS = 6
 FAILED_PRECONDITION = 9
+RESOURCE_EXHAUSTED = 8
 UNIMPLEMENTED = 12
 INTERNAL = 13
 UNAVAILABLE = 14
@@ -111,6 +112,9 @@ def read_frame(sock: socket.socket) -> Frame | None:
     return Frame(stream_id, message_type, flags, payload)
 
 
+#: Calls in flight on one connection; one more is answered RESOURCE_EXHAUSTED (containerd makes a few).
+MAX_CALLS_IN_FLIGHT = 256
+
 #: A method: the request's payload in, the response's payload out; raises ``RpcError`` to fail.
 Method = Callable[[bytes], bytes]
 
@@ -168,6 +172,7 @@ class Server:
 
     def _serve_connection(self, connection: socket.socket) -> None:
         write_lock = threading.Lock()
+        in_flight = threading.BoundedSemaphore(MAX_CALLS_IN_FLIGHT)
         try:
             while True:
                 frame = read_frame(connection)
@@ -182,8 +187,14 @@ class Server:
                     request.ParseFromString(frame.payload)
                 except DecodeError as error:
                     raise FrameError(f"request on stream {frame.stream_id} does not parse: {error}") from None
-                threading.Thread(target=self._call, args=(connection, write_lock, frame.stream_id, request),
-                                 daemon=True, name=f"ttrpc-{request.method}").start()
+                if not in_flight.acquire(blocking=False):
+                    self._answer(connection, write_lock, frame.stream_id, ttrpc_pb2.Response(
+                        status=status_pb2.Status(code=RESOURCE_EXHAUSTED, message=(
+                            f"more than {MAX_CALLS_IN_FLIGHT} calls in flight on one connection"))))
+                    continue
+                threading.Thread(target=self._call, args=(connection, write_lock, frame.stream_id, request,
+                                                          in_flight), daemon=True,
+                                 name=f"ttrpc-{request.method}").start()
         except FrameError as error:
             LOG.warning("ttrpc: dropping a connection: %s", error)
         except OSError:
@@ -194,7 +205,13 @@ class Server:
             connection.close()
 
     def _call(self, connection: socket.socket, write_lock: threading.Lock, stream_id: int,
-              request: ttrpc_pb2.Request) -> None:
+              request: ttrpc_pb2.Request, in_flight: threading.BoundedSemaphore) -> None:
+        try:
+            self._answer(connection, write_lock, stream_id, self._response(request))
+        finally:
+            in_flight.release()
+
+    def _response(self, request: ttrpc_pb2.Request) -> ttrpc_pb2.Response:
         response = ttrpc_pb2.Response()
         method = self._services.get(request.service, {}).get(request.method)
         try:
@@ -206,6 +223,11 @@ class Server:
         except Exception as error:  # a bug in a handler answers the call, it does not kill the shim
             LOG.exception("ttrpc: %s/%s failed", request.service, request.method)
             response.status.CopyFrom(status_pb2.Status(code=UNKNOWN, message=f"{type(error).__name__}: {error}"))
+        return response
+
+    @staticmethod
+    def _answer(connection: socket.socket, write_lock: threading.Lock, stream_id: int,
+                response: ttrpc_pb2.Response) -> None:
         data = response.SerializeToString()
         if len(data) > MAX_MESSAGE_BYTES:
             data = ttrpc_pb2.Response(status=status_pb2.Status(

@@ -139,3 +139,20 @@ def test_a_bad_frame_drops_that_connection_and_the_server_keeps_serving(served, 
         assert bystander.call("test.Service", "Echo", b"still") == b"still"
     with ttrpc.Client(path) as newcomer:
         assert newcomer.call("test.Service", "Echo", os.urandom(64 * 1024)) != b""
+
+
+def test_calls_in_flight_on_one_connection_are_bounded(served) -> None:
+    path, service = served
+    sock = _raw(path)
+    try:
+        block = ttrpc_pb2.Request(service="test.Service", method="Block").SerializeToString()
+        for index in range(ttrpc.MAX_CALLS_IN_FLIGHT + 1):
+            sock.sendall(ttrpc.encode_frame(2 * index + 1, ttrpc.TYPE_REQUEST, block))
+        refused = ttrpc.read_frame(sock)  # the only answer while the others block
+        assert refused is not None and refused.stream_id == 2 * ttrpc.MAX_CALLS_IN_FLIGHT + 1
+        assert ttrpc_pb2.Response.FromString(refused.payload).status.code == ttrpc.RESOURCE_EXHAUSTED
+        service.release.set()
+        answered = {ttrpc.read_frame(sock).stream_id for _ in range(ttrpc.MAX_CALLS_IN_FLIGHT)}  # type: ignore[union-attr]
+        assert answered == {2 * index + 1 for index in range(ttrpc.MAX_CALLS_IN_FLIGHT)}
+    finally:
+        sock.close()
