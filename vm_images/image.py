@@ -54,6 +54,7 @@ LAUNCH_SOURCES: tuple[str, ...] = (
     "__init__.py", "__main__.py", "launch.py", "qemu.py", "qmp.py", "probe.py",
     "accel.py", "daemon.py", "options.py", "keys.py",
     "busybox.py",  # container bundles for tests and the shim: nothing of the guest image
+    "oci_image.py",  # the busybox image for containerd: nothing of the guest image
 )
 
 MANIFEST = "manifest.json"

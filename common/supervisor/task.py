@@ -201,8 +201,10 @@ class TaskCore:
                 core.force_exit(KILLED)
         if self._created:
             # A force-exited init may still be a zombie the loop has not reaped: runc would take
-            # it for a live init ("container init still running").
-            for core in (self.init, *self.live_execs()):
+            # it for a live init ("container init still running"). The execs go first: a pid
+            # namespace's init dies only once every other process in it was reaped, and the execs
+            # are this agent's children (runc leaves them to the subreaper).
+            for core in (*self.live_execs(), self.init):
                 core.reap_if_killed()
             try:
                 self.runc.call(self._log, "delete", "--force", self.id)
