@@ -97,16 +97,29 @@ class Reaper:
 
     def reap_killed(self, pid: int, timeout: float) -> None:
         """Reap a watched process that was just SIGKILLed, now, on the loop thread: wait for it
-        to die (on its pidfd, at most ``timeout``) and deliver its exit. For callers that need it
-        gone before they go on (``runc delete`` takes a zombie for a live init), which cannot wait
-        for the loop's next turn. A process not watched, or still alive at the deadline, is left
-        to the normal path."""
-        watch = self._watches.get(pid)
-        if watch is None or watch.pidfd is None:
-            return
-        readable, _, _ = select.select([watch.pidfd], [], [], timeout)
-        if readable:
-            self._reap(pid)
+        to die (at most ``timeout``) and deliver its exit. For callers that need it gone before
+        they go on (``runc delete`` takes a zombie for a live init), which cannot wait for the
+        loop's next turn. Meanwhile every other watched child that exits is reaped too (and
+        orphans, when this reaper takes them): a pid namespace's init dies only once the other
+        processes of its namespace were reaped, and some of them are our children. A process
+        not watched, or still alive at the deadline, is left to the normal path."""
+        deadline = time.monotonic() + timeout
+        unreapable: set[int] = set()  # readable, yet not ours to wait for: never select them again
+        while pid in self._watches and pid not in unreapable:
+            pidfds = {watch.pidfd: watched for watched, watch in self._watches.items()
+                      if watch.pidfd is not None and watched not in unreapable}
+            if self._watches[pid].pidfd is None:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            readable, _, _ = select.select(list(pidfds), [], [], remaining)
+            for pidfd in readable:
+                self._reap(pidfds[pidfd])
+                if pidfds[pidfd] in self._watches:
+                    unreapable.add(pidfds[pidfd])
+            if self._reap_orphans:
+                self._on_sigchld()
 
     def _wait_in_thread(self, pid: int) -> None:
         try:
