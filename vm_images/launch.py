@@ -34,7 +34,7 @@ from . import settings
 from .image import ImagePaths, build_image
 from .keys import KeyFiles, drop_guest_secrets, generate_keys, guest_bundle
 from .probe import AgentProbe, NotReady, ProbeFailed, agent_hello, ssh_banner
-from .qemu import HOSTFWD_FAILURE, QEMU_BINARY, QemuConfig, QemuError, QemuProcess
+from .qemu import HOSTFWD_FAILURE, QEMU_BINARY, SHARE_DIR, QemuConfig, QemuError, QemuProcess
 from .qmp import Qmp, QmpError
 
 _T = TypeVar("_T")
@@ -74,6 +74,8 @@ class GuestInfo:
     pid: int                     # QEMU's pid
     kernel_release: str
     image_dir: Path
+    share_dir: Path              # host side of the guest's share (virtio-9p), 0700
+    guest_share_dir: str         # where the guest sees it (settings.GUEST_SHARE_DIR)
 
     def to_json(self) -> dict[str, Any]:
         return {key: str(value) if isinstance(value, Path) else value
@@ -222,6 +224,7 @@ class Guest:
         failure = ""
         for _attempt in range(PORT_ATTEMPTS):
             keys = generate_keys(self._run_dir / KEY_DIR)
+            (self._run_dir / SHARE_DIR).mkdir(mode=0o700)
             config = QemuConfig(image=image, run_dir=self._run_dir, agent_port=_free_port(),
                                 ssh_port=_free_port(), accel=accel,
                                 memory_mb=self._memory_mb, cpus=self._cpus)
@@ -274,7 +277,8 @@ class Guest:
             run_dir=config.run_dir, boot_id=boot_id, boot_seconds=round(boot_seconds, 2),
             ssh_seconds=None if ssh_seconds is None else round(ssh_seconds, 2),
             accel=config.accel, pid=self._process.pid, kernel_release=image.kernel_release,
-            image_dir=image.directory,
+            image_dir=image.directory, share_dir=config.share_dir,
+            guest_share_dir=settings.GUEST_SHARE_DIR,
         )
 
 
