@@ -18,6 +18,12 @@ agent in the guest then runs runc on the guest path of that directory with
 no mounts of its own. :meth:`SharedBundle.remove` unmounts and removes it
 all, at the task's ``delete()``.
 
+What stays the guest's: the ``mounts`` of config.json (a bind's source is a
+guest path), hooks, and runc's state. The host's part is undone only by the
+``delete()`` of the task made with it; if that never comes (the client went
+away), it stays until the VM stops, which takes every mount off the share
+(``vm_images.launch.release_share``).
+
 The config.json is checked here first (:func:`common.supervisor.bundle.load_bundle`),
 so a bad bundle fails with the same clear error as for a process-isolated
 task, before anything is placed.
