@@ -36,6 +36,7 @@ FAMILIES = {
     "tasks": "bench.tasks",
     "guest": "bench.guest",
     "guest-tasks": "bench.guest_tasks",
+    "cli": "bench.cli",
 }
 
 

@@ -13,6 +13,7 @@ itself, every field is type- and range-checked, and any violation raises
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import msgpack
@@ -30,10 +31,20 @@ VERSIONS = (1,)
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 #: Largest data frame (stdin or output chunk).
 MAX_CHUNK_BYTES = 256 * 1024
-#: ZMQ_MAXMSGSIZE for the agent's sockets: a peer sending more is disconnected.
+#: The largest frame of any message (a header): ZMQ_MAXMSGSIZE on both sides' sockets, so a peer
+#: sending a bigger frame is disconnected by libzmq before it allocates it.
+MAX_FRAME_BYTES = MAX_HEADER_BYTES
+#: Frames in one message: a header and at most one data frame.
+MAX_FRAMES = 2
+#: The most one message may carry. libzmq bounds frames, not messages, and hands a multipart
+#: message over only once all of it arrived: both sides check this as soon as they receive it.
 MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + MAX_CHUNK_BYTES
+#: The largest event header an agent may send (events carry a handle, numbers and a short message).
+MAX_EVENT_BYTES = 64 * 1024
 #: Bytes of one stream that may be sent and not yet acknowledged.
 DEFAULT_WINDOW = 4 * 1024 * 1024
+#: The largest window an agent may announce in ``hello``: a host refuses an agent asking for more.
+MAX_WINDOW = DEFAULT_WINDOW
 MAX_REQUEST_ID = 2**63 - 1
 MAX_SEQ = 2**63 - 1
 MAX_HANDLE = 2**63 - 1
@@ -52,6 +63,20 @@ _UNPACK_LIMITS = {
     "max_map_len": 4096,
     "max_ext_len": 0,
 }
+
+
+def message_problem(frames: Sequence[Sized]) -> str | None:
+    """What makes a received message (its frames, without a ROUTER's routing id) larger than the
+    protocol allows, or None: more than a header and one data frame, a data frame over
+    :data:`MAX_CHUNK_BYTES`, more than :data:`MAX_MESSAGE_BYTES` in all."""
+    if not 1 <= len(frames) <= MAX_FRAMES:
+        total = sum(len(frame) for frame in frames)
+        return f"a message of {len(frames)} frames ({total} bytes; the limit is {MAX_FRAMES} frames)"
+    if len(frames) == 2 and len(frames[1]) > MAX_CHUNK_BYTES:
+        return f"a data frame of {len(frames[1])} bytes (the limit is {MAX_CHUNK_BYTES})"
+    if len(frames[0]) > MAX_HEADER_BYTES:
+        return f"a header of {len(frames[0])} bytes (the limit is {MAX_HEADER_BYTES})"
+    return None
 
 
 def _bad(field: str, problem: str) -> InvalidArgumentError:
@@ -195,7 +220,7 @@ class _StdioArgs:
     """The fields of a request that makes an exec: which streams the client attaches, the paths
     it reports, the drain timeout."""
 
-    __slots__ = ("stdin", "stdout", "stderr", "paths", "drain_timeout")
+    __slots__ = ("stdin", "stdout", "stderr", "paths", "drain_timeout", "detached")
 
     def _read_stdio(self, message: dict[str, Any]) -> None:
         stdio = get_map(message, "stdio")
@@ -207,6 +232,8 @@ class _StdioArgs:
             raise _bad("paths", "must hold three paths (stdin, stdout, stderr)")
         self.paths = tuple(check_text(path, "paths", max_bytes=MAX_PATH_BYTES) for path in paths)
         self.drain_timeout = get_number(message, "drain_timeout", 0.0, MAX_DRAIN_TIMEOUT, 2.0)
+        # Detached: while no session owns the exec its output is a ring, never a reason to block.
+        self.detached = get_bool(message, "detached", False)
 
 
 class CreateArgs(_StdioArgs):

@@ -23,7 +23,7 @@ from common.errors import (
     task_not_found_error,
 )
 from common.protocol import STREAMS, CreateArgs, CreateTaskArgs
-from common.spec import MAX_ID_BYTES, MAX_PATH_BYTES
+from common.spec import MAX_ID_BYTES
 from common.supervisor import TaskCore
 
 from .execs import AgentExec
@@ -175,25 +175,92 @@ def op_stats(agent: Agent, session: Session, message: dict[str, Any]) -> dict[st
         "peak_rss_kib": memory.get("VmHWM", 0),
         "held_output_bytes": sum(sink.unacked_bytes for record in agent.execs.values()
                                  for sink in record.sinks.values()),
+        # What waits in sessions' outboxes for connections that do not read, and connections that
+        # have not spoken yet (see guest_agent/connections.py).
+        "held_messages": sum(len(held.outbox) for held in agent.sessions.values()),
+        "held_message_bytes": sum(held.outbox_bytes for held in agent.sessions.values()),
+        "pending_connections": agent.pending_connections(),
     }
 
 
-#: The largest status on the wire: four paths, two ids and fixed-size fields.
-_MAX_STATUS_BYTES = 4 * MAX_PATH_BYTES + 2 * MAX_ID_BYTES + 256
-#: Execs per ``list`` page: even a page of the largest statuses stays under the header limit.
-LIST_PAGE = protocol.MAX_HEADER_BYTES // _MAX_STATUS_BYTES * 4 // 5
+#: How much of an exec's command line ``list`` shows (characters; longer ones are cut with "...").
+LIST_ARGS_CHARS = 256
+#: A ``list`` page holds statuses up to about this many bytes (and at least one): a reply stays
+#: small whatever the paths, so even a client that asks and never reads makes libzmq hold little.
+LIST_PAGE_BYTES = 256 * 1024
+
+
+def _status_bytes(status: dict[str, Any]) -> int:
+    """About what a listed exec takes on the wire: its strings (the command line's too) and a
+    bound for the rest."""
+    size = 160
+    for value in status.values():
+        if isinstance(value, str):
+            size += len(value.encode())
+        elif isinstance(value, list):
+            size += sum(len(item.encode()) + 8 for item in value if isinstance(item, str))
+    return size
+
+
+def _listed(record: AgentExec) -> dict[str, Any]:
+    """An exec's status, with its command line (cut to LIST_ARGS_CHARS) and when it was created."""
+    shown: list[str] = []
+    room = LIST_ARGS_CHARS
+    for arg in record.core.spec.args:
+        if len(arg) > room:  # the first that does not fit is cut, and ends the list
+            shown.append(arg[:max(room, 0)] + "...")
+            break
+        shown.append(arg)
+        room -= len(arg) + 1
+    return {**protocol.status_to_wire(record.core.snapshot), "args": shown,
+            "created": protocol.datetime_to_wire(record.created_at)}
 
 
 def op_list(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
     """One page of the execs the agent tracks, in handle order; ``next`` is the cursor for the
-    following page (None at the end)."""
+    following page (None at the end). Each entry is a status with ``args`` (the command line,
+    cut) and ``created``."""
     after = protocol.get_int(message, "after", 0, protocol.MAX_HANDLE, default=0)
     handles = sorted(handle for handle in agent.handles if handle > after)
-    page = handles[:LIST_PAGE]
-    return {
-        "execs": [protocol.status_to_wire(agent.handles[handle].core.snapshot) for handle in page],
-        "next": page[-1] if len(handles) > LIST_PAGE else None,
-    }
+    page: list[dict[str, Any]] = []
+    size = 0
+    for handle in handles:
+        status = _listed(agent.handles[handle])
+        size += _status_bytes(status)
+        if page and size > LIST_PAGE_BYTES:
+            break
+        page.append(status)
+    return {"execs": page, "next": handles[len(page) - 1] if len(page) < len(handles) else None}
+
+
+#: The most output one ``logs`` reply carries (it travels in the reply's header).
+LOGS_PAGE_BYTES = 256 * 1024
+
+
+def op_logs(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    """Output the agent holds for one stream of an exec, numbered after ``after``, at most
+    LOGS_PAGE_BYTES: a detached exec's last window of output (read or not), else what is
+    unacknowledged. Nothing changes hands: it is not acknowledged, and the owner stays."""
+    record = _lookup(agent, message)
+    stream = protocol.get_int(message, "stream", STREAMS[0], STREAMS[-1])
+    after = protocol.get_int(message, "after", -1, protocol.MAX_SEQ, default=-1)
+    sink = record.sinks.get(stream)
+    chunks: list[bytes] = []
+    first = last = -1
+    size = 0
+    more = False
+    for seq, chunk in list(sink.held()) if sink is not None else []:
+        if seq <= after:
+            continue
+        if chunks and size + len(chunk) > LOGS_PAGE_BYTES:
+            more = True
+            break
+        first = seq if first < 0 else first
+        last = seq
+        chunks.append(chunk)
+        size += len(chunk)
+    return {"data": chunks, "first": first, "last": last, "more": more,
+            "dropped": sink.dropped_bytes if sink is not None else 0}
 
 
 def op_attach(agent: Agent, session: Session, message: dict[str, Any]) -> Then:
@@ -246,8 +313,8 @@ def note_ack(agent: Agent, session: Session, message: dict[str, Any], payload: m
     record = agent.handles.get(protocol.get_int(message, "h", 0, protocol.MAX_HANDLE))
     stream = protocol.get_int(message, "s", 1, 2)
     seq = protocol.get_int(message, "q", -1, protocol.MAX_SEQ)
-    if record is not None and record.owner is session and stream in STREAMS:
-        record.ack(stream, seq)
+    if record is not None and stream in STREAMS:
+        record.ack(session, stream, seq)
 
 
 def note_stdin(agent: Agent, session: Session, message: dict[str, Any], payload: memoryview | None) -> None:
@@ -277,6 +344,7 @@ REQUESTS: dict[str, Callable[..., Any]] = {
     "list": op_list,
     "stats": op_stats,
     "attach": op_attach,
+    "logs": op_logs,
     "resync": op_resync,
 }
 

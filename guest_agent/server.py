@@ -20,6 +20,7 @@ import collections
 import functools
 import logging
 import os
+import resource
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ from common.zmqloop import LoopSocket
 
 from . import handlers
 from .auth import ZapHandler, load_authorized_keys, load_server_secret
+from .connections import ConnectionGuard, max_pending_for
 from .execs import AgentExec
 
 log = logging.getLogger(__name__)
@@ -49,23 +51,36 @@ AGENT_NAME = "uvmexec-agent/0.1.0"
 REPLY_CACHE = 1024
 #: ... and at most this many bytes of them (a few list pages), whatever the replies' sizes.
 REPLY_CACHE_BYTES = 16 * 1024 * 1024
-#: Messages held for a session that cannot take them right now.
+#: Messages held for a session whose connection cannot take them right now, and their bytes: past
+#: either, the agent ends that connection (its client reconnects and resyncs; nothing is lost).
 MAX_OUTBOX = 65536
+MAX_OUTBOX_BYTES = 64 * 1024 * 1024
 MAX_SESSIONS = 1024
 MAX_EXECS = 20000
+#: Per connection, the messages libzmq may hold to send (ZMQ_SNDHWM; past it they wait in the
+#: session's outbox) and received but not yet read (ZMQ_RCVHWM; past it libzmq stops reading).
+SEND_HWM = 1000
+RECEIVE_HWM = 1000
+#: A connection must complete its ZMTP/CURVE handshake within this (ZMQ_HANDSHAKE_IVL, ms).
+HANDSHAKE_MS = 5000
 _RETRY_FIRST, _RETRY_MAX = 0.01, 1.0
 
 
 class Session:
     """One client's conversation with the agent; survives reconnects."""
 
-    def __init__(self, session_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, session_id: str, loop: asyncio.AbstractEventLoop,
+                 end_connection: Callable[[tuple[int, bytes]], None]) -> None:
         self.id = session_id
         self.loop = loop
         self.version = 0
+        #: The connection that gets the session's events: its listener, routing id, and both.
         self.listener: LoopSocket | None = None
         self.routing_id: bytes | None = None
+        self.route: tuple[int, bytes] | None = None
+        self._end_connection = end_connection
         self.outbox: collections.deque[list[Any]] = collections.deque()
+        self.outbox_bytes = 0
         self.replies: collections.OrderedDict[int, list[Any]] = collections.OrderedDict()
         self.reply_bytes = 0
         #: Highest request id whose reply was evicted from the cache: older unknown ids are refused.
@@ -73,7 +88,6 @@ class Session:
         self.owned: set[AgentExec] = set()
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = _RETRY_FIRST
-        self._overflow_logged = False
 
     def send(self, frames: list[Any]) -> None:
         """Send to this session's current connection, holding what it cannot take yet."""
@@ -81,22 +95,35 @@ class Session:
             return  # not connected: resync replays output and exits
         if not self.outbox and self.listener.send([self.routing_id, *frames]):
             return
-        if len(self.outbox) >= MAX_OUTBOX:
-            self.outbox.popleft()
-            if not self._overflow_logged:
-                log.warning("session %s is not reading; dropping its oldest messages", self.id)
-                self._overflow_logged = True
+        size = sum(len(frame) for frame in frames)
+        if len(self.outbox) >= MAX_OUTBOX or self.outbox_bytes + size > MAX_OUTBOX_BYTES:
+            self._overflow()
+            return
         self.outbox.append(frames)
+        self.outbox_bytes += size
         self._schedule_retry()
 
+    def _overflow(self) -> None:
+        """The client does not read: end its connection rather than hold more (or drop some, which
+        would leave a gap in its streams). It reconnects, resyncs, and gets everything replayed."""
+        log.warning("session %s does not read (%d messages, %d bytes held for it): ending its connection",
+                    self.id, len(self.outbox), self.outbox_bytes)
+        route = self.route
+        self.detach()
+        if route is not None:
+            self._end_connection(route)
+
     def flush(self) -> None:
+        moved = False
         while self.outbox and self.listener is not None and self.routing_id is not None:
             if not self.listener.send([self.routing_id, *self.outbox[0]]):
+                if moved:
+                    self._retry_delay = _RETRY_FIRST  # it is reading: look again soon
                 self._schedule_retry()
                 return
-            self.outbox.popleft()
+            self.outbox_bytes -= sum(len(frame) for frame in self.outbox.popleft())
+            moved = True
         self._retry_delay = _RETRY_FIRST
-        self._overflow_logged = False
 
     def _schedule_retry(self) -> None:
         if self._retry is None:
@@ -126,9 +153,15 @@ class Session:
             # the event connection and gets this answer from the cache.
             log.debug("session %s: dropped a reply to a request-only connection", self.id)
 
+    def detach(self) -> None:
+        """The event connection is gone (or no longer this session's): send it nothing more."""
+        self.listener = self.routing_id = self.route = None
+        self.drop_pending()
+
     def drop_pending(self) -> None:
         """A resync replays what matters; anything still held is stale."""
         self.outbox.clear()
+        self.outbox_bytes = 0
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -160,6 +193,7 @@ class Agent:
         self.handles: dict[int, AgentExec] = {}
         self._next_handle = 1
         self._listeners: list[LoopSocket] = []
+        self._guards: list[ConnectionGuard] = []
         self._zap: ZapHandler | None = None
         self.endpoints: list[str] = []
         try:
@@ -189,8 +223,12 @@ class Agent:
             except BaseException:
                 socket.close()
                 raise
-            listener = LoopSocket(self.loop, socket, functools.partial(self._on_message, len(self._listeners)))
+            index = len(self._listeners)
+            listener = LoopSocket(self.loop, socket, functools.partial(self._on_message, index))
             self._listeners.append(listener)
+            fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            self._guards.append(ConnectionGuard(self.loop, socket, max_pending_for(fd_limit),
+                                                functools.partial(self._connection_closed, index)))
             self.endpoints.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
 
     @staticmethod
@@ -199,9 +237,11 @@ class Agent:
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # No ROUTER_HANDOVER: libzmq 4.3 aborts the process when a connection whose routing id was
         # handed over ends. Clients let ZeroMQ pick a fresh routing id per connection and say hello.
-        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-        socket.setsockopt(zmq.SNDHWM, 100_000)
-        socket.setsockopt(zmq.RCVHWM, 10_000)
+        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        socket.setsockopt(zmq.SNDHWM, SEND_HWM)
+        socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+        # libzmq's default gives a peer 30 s to finish its handshake, holding an fd all along.
+        socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         if endpoint.startswith("tcp://"):
             if curve is not None:
                 socket.setsockopt(zmq.CURVE_SERVER, 1)
@@ -218,6 +258,8 @@ class Agent:
 
     def close(self) -> None:
         """Kill every running exec's process group, close the sockets (no waiting)."""
+        for guard in self._guards:
+            guard.close()
         for listener in self._listeners:
             listener.close()
         self.supervisor.close()
@@ -227,6 +269,8 @@ class Agent:
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop serving, kill what runs, reap it (within ``grace``), end every task, close."""
+        for guard in self._guards:
+            guard.close()
         for listener in self._listeners:
             listener.close()
         for core in list(self.supervisor.running):
@@ -247,6 +291,11 @@ class Agent:
     def _on_message(self, index: int, frames: list[zmq.Frame]) -> None:
         listener = self._listeners[index]
         routing_id = frames[0].bytes
+        session = self.routes.get((index, routing_id))
+        if session is None and len(frames) > 1:
+            # Past its handshake: no longer pending. (Not frames[0]: pyzmq 24 forgets a frame's
+            # properties, ZMQ_SRCFD among them, once its .bytes were read.)
+            self._guards[index].spoke(routing_id, frames[1])
         if len(frames) not in (2, 3):
             self._protocol_error(listener, routing_id, f"expected 1 or 2 frames, got {len(frames) - 1}")
             return
@@ -259,7 +308,6 @@ class Agent:
         except InvalidArgumentError as error:
             self._protocol_error(listener, routing_id, error.message)
             return
-        session = self.routes.get((index, routing_id))
         if session is not None:
             session.flush()
         op = header.get("op")
@@ -348,17 +396,22 @@ class Agent:
             if len(self.sessions) >= MAX_SESSIONS and not self._evict_idle_session():
                 full = FailedPreconditionError(f"the agent serves the maximum of {MAX_SESSIONS} sessions")
                 return None, {"error": full.to_wire()}
-            session = Session(session_id, self.loop)
+            session = Session(session_id, self.loop, self._end_connection)
             self.sessions[session_id] = session
-        stale = self.routes.get((index, routing_id))
-        if stale is not None and stale is not session and stale.routing_id == routing_id:
-            stale.listener = stale.routing_id = None
-        self.routes[(index, routing_id)] = session
+        route = (index, routing_id)
+        stale = self.routes.get(route)
+        if stale is not None and stale is not session and stale.route == route:
+            stale.detach()
+        self.routes[route] = session
         session.version = version
         if takes_events:
-            # This connection now gets the session's events (its previous route may still send requests).
+            # This connection now gets the session's events. A session has one event connection:
+            # the previous one (dead, or a client opening more to make the agent hold more) is ended.
+            if session.route is not None and session.route != route:
+                self._end_connection(session.route)
             session.listener = self._listeners[index]
             session.routing_id = routing_id
+            session.route = route
         return session, {
             "result": {
                 "version": version,
@@ -379,14 +432,36 @@ class Agent:
         return False
 
     def forget_session(self, session: Session) -> None:
-        session.drop_pending()
         self.sessions.pop(session.id, None)
         for route, routed in list(self.routes.items()):
             if routed is session:
                 del self.routes[route]
-        session.listener = session.routing_id = None
+        session.detach()
         for owned in list(session.owned):
             owned.set_owner(None)
+
+    # -- connections -----------------------------------------------------------
+
+    def _end_connection(self, route: tuple[int, bytes]) -> None:
+        """End a connection the agent holds no more for (libzmq closes it; its DISCONNECTED follows).
+        Whatever was sent on it is dropped with it, so replays sent there no longer count."""
+        self._guards[route[0]].end(route[1])
+        self._release_replays(route)
+
+    def _connection_closed(self, index: int, routing_id: bytes) -> None:
+        """A connection that had spoken is gone (the monitor said so): forget its routing id."""
+        route = (index, routing_id)
+        session = self.routes.pop(route, None)
+        if session is not None and session.route == route:
+            session.detach()
+        self._release_replays(route)
+
+    def pending_connections(self) -> int:
+        return sum(guard.pending for guard in self._guards)
+
+    def _release_replays(self, route: tuple[int, bytes]) -> None:
+        for record in list(self.execs.values()):
+            record.connection_gone(route)
 
     # -- execs ---------------------------------------------------------------
 

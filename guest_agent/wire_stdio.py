@@ -6,6 +6,11 @@ replayed after a reconnect. ``write`` waits while ``window`` bytes are
 unacknowledged: the pump then stops reading the pipe and the process blocks.
 That is the flow control; ZeroMQ's high-water marks are not.
 
+A detached exec's output (``keep``) is a ring instead while nobody owns the
+exec: a write that finds the window full drops the oldest unacknowledged
+chunks rather than wait, so the process never blocks on output nobody reads.
+Its last ``window`` bytes, read or not, stay in ``history`` for ``logs``.
+
 Stdin: chunks arrive numbered; duplicates (replays) are dropped, a gap is
 dropped too (the host resends from the last acknowledged chunk on resync).
 Each chunk is acknowledged once the process's pipe took it.
@@ -26,7 +31,9 @@ log = logging.getLogger(__name__)
 class WireSink(OutputSink):
     """One output stream of one exec, sent to whichever session owns the exec."""
 
-    def __init__(self, send_chunk: Callable[[int, bytes], None], window: int, chunk_size: int) -> None:
+    def __init__(self, send_chunk: Callable[[int, bytes], None], window: int, chunk_size: int,
+                 unread: Callable[[], bool] | None = None) -> None:
+        """``unread``, for a detached exec: True while nobody owns it (then the output is a ring)."""
         self._send_chunk = send_chunk
         self.window = window
         self.chunk_size = chunk_size
@@ -35,6 +42,13 @@ class WireSink(OutputSink):
         self._unacked_bytes = 0
         self._credit: asyncio.Future[None] | None = None
         self._aborted = False
+        #: A replay is due: new chunks are kept (and numbered) but not sent; the replay sends them.
+        self.holding = False
+        self._unread = unread
+        #: A detached exec's last ``window`` bytes of output, read or not: (seq, chunk), oldest first.
+        self.history: collections.deque[tuple[int, bytes]] | None = collections.deque() if unread else None
+        self._history_bytes = 0
+        self.dropped_bytes = 0  # unread output a detached exec overwrote
 
     @property
     def unacked_bytes(self) -> int:
@@ -46,6 +60,11 @@ class WireSink(OutputSink):
 
     async def write(self, data: bytes | memoryview) -> None:
         while self._unacked_bytes >= self.window and not self._aborted:
+            if self._unread is not None and self._unread():
+                _, oldest = self._unacked.popleft()  # nobody reads it: the ring turns
+                self._unacked_bytes -= len(oldest)
+                self.dropped_bytes += len(oldest)
+                continue
             self._credit = asyncio.get_running_loop().create_future()
             await self._credit
         if self._aborted:
@@ -54,7 +73,23 @@ class WireSink(OutputSink):
         self.last_seq += 1
         self._unacked.append((self.last_seq, chunk))
         self._unacked_bytes += len(chunk)
-        self._send_chunk(self.last_seq, chunk)
+        if self.history is not None:
+            self.history.append((self.last_seq, chunk))
+            self._history_bytes += len(chunk)
+            while self._history_bytes > self.window:
+                _, old = self.history.popleft()
+                self._history_bytes -= len(old)
+        if not self.holding:
+            self._send_chunk(self.last_seq, chunk)
+
+    def poke(self) -> None:
+        """The exec's owner changed: a write waiting for credit looks again (it may not need to)."""
+        if self._credit is not None and not self._credit.done():
+            self._credit.set_result(None)
+
+    def held(self) -> collections.deque[tuple[int, bytes]]:
+        """The output ``logs`` can show: a detached exec's history, else what is unacknowledged."""
+        return self.history if self.history is not None else self._unacked
 
     def ack(self, seq: int) -> None:
         """The host wrote every chunk up to ``seq``: free them and let the pump go on."""
@@ -66,11 +101,14 @@ class WireSink(OutputSink):
                 self._credit.set_result(None)
             self._credit = None
 
-    def replay(self, after_seq: int) -> None:
-        """Send again every unacknowledged chunk numbered after ``after_seq``."""
+    def replay(self, after_seq: int) -> int:
+        """Send again every unacknowledged chunk numbered after ``after_seq``; the bytes sent."""
+        sent = 0
         for seq, chunk in self._unacked:
             if seq > after_seq:
                 self._send_chunk(seq, chunk)
+                sent += len(chunk)
+        return sent
 
     async def close(self) -> None:
         return None  # unacknowledged chunks stay for replay until the exec is deleted
@@ -79,6 +117,9 @@ class WireSink(OutputSink):
         self._aborted = True
         self._unacked.clear()
         self._unacked_bytes = 0
+        if self.history is not None:
+            self.history.clear()
+            self._history_bytes = 0
         if self._credit is not None and not self._credit.done():
             self._credit.set_result(None)
 

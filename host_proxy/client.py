@@ -12,10 +12,12 @@ paramiko; see :mod:`host_proxy.ssh_tunnel`).
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import os
 import secrets
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import zmq.auth
@@ -82,6 +84,29 @@ def _read_certificate(path: str | os.PathLike[str], what: str, *, secret: bool) 
     return public, secret_key
 
 
+@dataclass(frozen=True)
+class ExecInfo:
+    """An exec as ``list`` shows it: its status, command line (cut if long) and creation time."""
+
+    status: ExecStatus
+    args: tuple[str, ...]
+    created_at: datetime.datetime | None
+
+
+@dataclass(frozen=True)
+class OutputPage:
+    """Output the agent holds for one stream: chunks ``first`` to ``last`` (-1 when none), joined.
+
+    ``first`` beyond the ``after`` asked for + 1 means older output is no longer held;
+    ``dropped`` counts the bytes a detached exec's ring overwrote unread."""
+
+    data: bytes
+    first: int
+    last: int
+    more: bool
+    dropped: int
+
+
 class AgentClient(AgentLink):
     """One connection to an agent; makes and attaches :class:`ProxiedExec`\\ s. Use as a context manager.
 
@@ -110,10 +135,15 @@ class AgentClient(AgentLink):
         known_hosts: str | os.PathLike[str] | None = None,
         timeout: float = 10.0,
         reconnect_timeout: float = 30.0,
+        direct: bool = True,
     ) -> AgentClient:
         """Connect and say hello. A refused, unreachable or unauthenticated agent raises
         ``UnavailableError`` within ``timeout``; one that shares no protocol version
-        raises ``UnimplementedError``."""
+        raises ``UnimplementedError``.
+
+        ``direct=False`` sends every request through the one connection, never opening the
+        request-only sockets of :mod:`host_proxy.direct`: each of those costs a handshake
+        (a CURVE one over tcp), which a client that sends a request or two never wins back."""
         if not isinstance(endpoint, str):
             raise InvalidArgumentError(f"endpoint must be a string, not {type(endpoint).__name__}")
         curve = None
@@ -144,6 +174,8 @@ class AgentClient(AgentLink):
         loop_thread = shared_loop()
         connection = Connection(loop_thread, zmq_endpoint, display=endpoint, curve=curve, timeout=timeout,
                                 reconnect_timeout=reconnect_timeout)
+        if not direct:
+            connection.direct.close()  # no socket made yet: every request falls back to the loop
         opened: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         loop_thread.loop.call_soon_threadsafe(connection.open, opened)
         try:
@@ -166,6 +198,11 @@ class AgentClient(AgentLink):
     @property
     def answer_timeout(self) -> float:
         return self._conn.timeout
+
+    @property
+    def reconnect_timeout(self) -> float:
+        """How long a lost agent is waited for before the execs not yet exited end with 255."""
+        return self._conn.reconnect_timeout
 
     def new_request_id(self) -> int:
         return self._conn.next_request_id()
@@ -226,9 +263,26 @@ class AgentClient(AgentLink):
         return dict(self._conn.agent_info)
 
     @property
+    def failure(self) -> str | None:
+        """Why this client stopped talking to its agent for good, or None. It does so when the
+        agent breaks a bound every agent is held to (a message over the size limits, output past
+        the credit window, a window over the limit): its execs then ended with 255, and every
+        request fails with this reason (SECURITY.md, "The host side")."""
+        return self._conn.failure
+
+    @property
     def reconnects(self) -> int:
         """How many times the connection came back after a loss (or found the agent restarted)."""
         return self._conn.reconnects
+
+    def watch(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(what)`` when the connection changes: ``"lost"`` (the agent stopped
+        answering; the client waits up to ``reconnect_timeout`` for it), ``"ready"`` (it is back,
+        resynced), ``"restarted"`` (it came back as a new agent: its execs ended with 255) or
+        ``"gone"`` (it stayed away too long: every exec not yet exited ends with 255). Each
+        ``"gone"``/``"restarted"`` comes before the exits it causes. The callback runs on the
+        client's loop thread and must not block."""
+        self._loop.call(self._conn.watchers.append, callback)
 
     def wait_ready(self, timeout: float) -> None:
         """Return once the agent answers on this connection: at once while it does; after a loss,
@@ -255,13 +309,18 @@ class AgentClient(AgentLink):
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         on_event: Callable[[ExecEvent], None] | None = None,
         in_task: bool = False,
+        detached: bool = False,
     ) -> ProxiedExec:
         """Create an exec on the agent (state CREATED); its stdio targets are on this host.
 
         It is a process of the agent's machine itself (hcsshim's ``ExecInHost``), or with
         ``in_task=True`` one inside the container of task ``task_id`` (made by
         :meth:`create_task`; :meth:`ProxiedTask.create_exec` is the way to ask for one).
-        """
+
+        ``detached``: the exec is meant to outlive this client. Once no client holds it (this
+        one closed), the agent keeps its last output as a ring of one window per stream,
+        dropping the oldest rather than ever blocking the process, for :meth:`read_output`
+        and :meth:`attach`."""
         stdio, drain_timeout = check_creation(task_id, exec_id, spec, stdio, drain_timeout)
         ends = self._reserve(task_id, exec_id, stdio)
         remote = RemoteExec(
@@ -282,6 +341,8 @@ class AgentClient(AgentLink):
         }
         if in_task:
             remote.pending_create["in_task"] = True
+        if detached:
+            remote.pending_create["detached"] = True
         # Tracked under its own handle before anything about it can arrive (a dict store is atomic).
         self._conn.execs[remote.handle] = remote
         with self._live_lock:
@@ -363,11 +424,15 @@ class AgentClient(AgentLink):
         exec_id: str,
         stdio: Stdio | None = None,
         on_event: Callable[[ExecEvent], None] | None = None,
+        *,
+        skip_through: tuple[int, int] = (-1, -1),
     ) -> ProxiedExec:
         """Take over an exec another (possibly dead) client created on this agent.
 
         Its status and waiters work, and output not yet delivered flows to the
         new ``stdio`` targets. ``on_event`` gets the exit (the start already happened).
+        ``skip_through``: per stream (stdout, stderr), the last chunk already shown
+        (by :meth:`read_output`): it and those before it are not written again.
         """
         check_exec_ids(task_id, exec_id)
         stdio = stdio if stdio is not None else Stdio()
@@ -387,7 +452,8 @@ class AgentClient(AgentLink):
             remote = RemoteExec(
                 self._conn, handle, task_id, exec_id, bundle=status.bundle, terminal=status.terminal,
                 paths=(status.stdin, status.stdout, status.stderr), stdin=ends.stdin, stdout=ends.stdout,
-                stderr=ends.stderr, on_event=on_event, first_seqs=(max(firsts[0], 0), max(firsts[1], 0)),
+                stderr=ends.stderr, on_event=on_event,
+                first_seqs=(max(firsts[0], skip_through[0] + 1, 0), max(firsts[1], skip_through[1] + 1, 0)),
                 stdin_next=stdin_next,
             )
             remote.pid = status.pid
@@ -412,15 +478,42 @@ class AgentClient(AgentLink):
     def list_execs(self) -> list[ExecStatus]:
         """Every exec the agent tracks (whoever created it; execs of this client that never
         started exist only here until they start)."""
-        listed: list[ExecStatus] = []
+        return [info.status for info in self.list_exec_info()]
+
+    def list_exec_info(self) -> list[ExecInfo]:
+        """As :meth:`list_execs`, with each exec's command line and creation time (from an agent
+        that tells them; else empty and None)."""
+        listed: list[ExecInfo] = []
         after = 0
         while True:  # page by page: one reply never nears a message size limit
             result = self.request("list", {"after": after})
-            listed.extend(protocol.status_from_wire(entry) for entry in protocol.get_list(result, "execs", 10**6))
+            for entry in protocol.get_list(result, "execs", 10**6):
+                args = entry.get("args") if isinstance(entry, dict) else None
+                listed.append(ExecInfo(
+                    protocol.status_from_wire(entry),
+                    tuple(arg for arg in args if isinstance(arg, str)) if isinstance(args, list) else (),
+                    protocol.datetime_from_wire(entry.get("created"), "created"),
+                ))
             cursor = result.get("next")
             if cursor is None:
                 return listed
             after = protocol.get_int(result, "next", after + 1, protocol.MAX_HANDLE)
+
+    def read_output(self, task_id: str, exec_id: str, stream: int, after: int = -1) -> OutputPage:
+        """One page of the output the agent holds for an exec's stream (1: stdout, 2: stderr),
+        numbered after ``after``, without taking it: a detached exec's last window of output
+        (read or not), else what no client has acknowledged yet. Page on with ``after=page.last``
+        while ``page.more``."""
+        check_exec_ids(task_id, exec_id)
+        result = self.request("logs", {"task": task_id, "exec": exec_id, "stream": stream, "after": after})
+        chunks = protocol.get_list(result, "data", 10**6)
+        return OutputPage(
+            b"".join(chunk for chunk in chunks if isinstance(chunk, bytes)),
+            protocol.get_int(result, "first", -1, protocol.MAX_SEQ),
+            protocol.get_int(result, "last", -1, protocol.MAX_SEQ),
+            protocol.get_bool(result, "more", False),
+            protocol.get_int(result, "dropped", 0, 2**63, default=0),
+        )
 
     def stats(self) -> dict[str, int]:
         """The agent's own counters: execs, sessions, fds, threads, RSS, output held for slow readers."""

@@ -33,6 +33,7 @@ from common.errors import (
     ExecError,
     UnavailableError,
     UnimplementedError,
+    describe,
 )
 from common.zmqloop import LoopSocket
 
@@ -43,6 +44,15 @@ if TYPE_CHECKING:
     from .remote_exec import InStream, RemoteExec
 
 log = logging.getLogger(__name__)
+
+#: Complete messages libzmq may hold for one of our sockets before the loop (or a direct request's
+#: caller) reads them: at most this many times MAX_MESSAGE_BYTES per connection (ZMQ_RCVHWM is
+#: counted in messages). Past it libzmq stops reading the socket and the agent waits.
+RECEIVE_HWM = 16
+#: Handshakes the agent ended without a word (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) before
+#: connecting gives up. A wrong server key ends every one; an agent shedding connections under a
+#: flood of unauthenticated ones ends only some, and libzmq retries by itself meanwhile.
+HANDSHAKE_ATTEMPTS = 5
 
 _MONITORED = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -106,9 +116,14 @@ class Connection:
         self._lost_timer: Any = None
         self._opened: concurrent.futures.Future[dict[str, Any]] | None = None
         self._hello_id: int | None = None
+        self._handshakes_ended = 0
         self.reconnects = 0
+        #: Why this client stopped talking to its agent for good (it broke a bound), or None.
+        self.failure: str | None = None
         #: Notified whenever ``state`` becomes "ready" or "closed" (waiters on any thread).
         self.settled = threading.Condition()
+        #: Called on the loop with "lost", "ready" (back), "restarted" or "gone" (see AgentClient.watch).
+        self.watchers: list[Callable[[str], None]] = []
         self._socket: LoopSocket | None = None
         self._monitor: LoopSocket | None = None
         self.direct = DirectRequests(self)
@@ -125,8 +140,8 @@ class Connection:
         socket.setsockopt(zmq.HANDSHAKE_IVL, 2000)
         socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-        socket.setsockopt(zmq.RCVHWM, 100_000)
+        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         socket.setsockopt(zmq.SNDHWM, 100_000)
         if self.curve is not None:
             socket.setsockopt(zmq.CURVE_SERVERKEY, self.curve.server_public)
@@ -163,13 +178,14 @@ class Connection:
         """Stop talking; execs not yet exited are exited here with 255 (the agent keeps them)."""
         if self.state == "closed":
             return
-        if self.state == "ready" and self._socket is not None:
+        if self.state == "ready" and self._socket is not None and self.failure is None:
             self._socket.send([protocol.pack({"op": "bye"})])
         self.state = "closed"
         self.direct.close()
+        why = self.failure or "the client was closed"
         for remote in list(self.execs.values()):
-            remote.force_locally(255, "the client was closed")
-        self._fail_all(UnavailableError(f"the client for {self.display} is closed"))
+            remote.force_locally(255, why)
+        self._fail_all(UnavailableError(self.failure or f"the client for {self.display} is closed"))
         if self._lost_timer is not None:
             self._lost_timer.cancel()
         if self._socket is not None:
@@ -179,9 +195,27 @@ class Connection:
             self._monitor.close()
         self._settle()
 
+    def refuse_agent(self, why: str) -> None:
+        """The agent broke a bound this host holds every agent to (``why`` says which): stop
+        talking to it for good. Its execs end here with 255 and that reason; requests fail with it."""
+        if self.state == "closed":
+            return
+        self.failure = f"the agent at {self.display} sent {why}; this client no longer talks to it"
+        log.error("%s", self.failure)
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_exception(UnavailableError(self.failure))
+        self.close()
+
     def _settle(self) -> None:
         with self.settled:
             self.settled.notify_all()
+
+    def _tell(self, what: str) -> None:
+        for watcher in list(self.watchers):
+            try:
+                watcher(what)
+            except Exception:  # a watcher's bug must not break the connection
+                log.exception("connection watcher %r failed", watcher)
 
     # -- requests ----------------------------------------------------------------------
 
@@ -194,7 +228,7 @@ class Connection:
         message is handled (so, e.g., a start is recorded before that exec's exit).
         """
         if self.state == "closed":
-            future.set_exception(UnavailableError(f"the client for {self.display} is closed"))
+            future.set_exception(UnavailableError(self.failure or f"the client for {self.display} is closed"))
             return
         if self.state == "gone" and not internal:
             future.set_exception(UnavailableError(
@@ -252,6 +286,7 @@ class Connection:
         for stream in acks:
             self._send([protocol.pack({"op": "ack", "h": stream.owner.handle, "s": stream.stream,
                                        "q": stream.written})])
+            stream.acknowledged(stream.written)
 
     def send_stdin(self, handle: int, seq: int, data: bytes) -> None:
         if self.state == "ready":
@@ -290,6 +325,12 @@ class Connection:
     # -- incoming ------------------------------------------------------------------------
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
+        # libzmq bounds each frame (MAXMSGSIZE) but delivers a message only once all its frames are
+        # in: look at its size before anything else, and drop an agent that sends more than a message.
+        problem = protocol.message_problem(frames)
+        if problem is not None:
+            self.refuse_agent(problem)
+            return
         try:
             header = protocol.unpack(frames[0].buffer)
         except ExecError as error:
@@ -297,6 +338,9 @@ class Connection:
             return
         if "id" in header:
             self._on_reply(header)
+            return
+        if len(frames[0]) > protocol.MAX_EVENT_BYTES:
+            self.refuse_agent(f"an event of {len(frames[0])} bytes (the limit is {protocol.MAX_EVENT_BYTES})")
             return
         event = header.get("ev")
         try:
@@ -358,16 +402,27 @@ class Connection:
         except Exception:  # a monitor message we cannot read is not worth failing for
             return
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._handshakes_ended = 0
             if self.state in ("connecting", "lost", "gone") and self._hello_id is None:
                 self._say_hello()
         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self._fail_open(AuthenticationError(
                 f"the agent at {self.display} refused this client's key (it is not among its authorized keys)"
             ))
-        elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             self._fail_open(AuthenticationError(
                 f"the CURVE handshake with the agent at {self.display} failed (wrong server key, or not a uvmexec agent)"
             ))
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            # The agent closed the connection mid-handshake: it could not decrypt our hello (a wrong
+            # server key) -- or it is shedding connections it has not authenticated yet. Only the
+            # first fails every time: give libzmq's reconnects a few chances before saying so.
+            self._handshakes_ended += 1
+            if self._handshakes_ended >= HANDSHAKE_ATTEMPTS:
+                self._fail_open(AuthenticationError(
+                    f"the agent at {self.display} ended {self._handshakes_ended} CURVE handshakes in a row "
+                    "(a wrong server key, a peer that is not a uvmexec agent, or an agent refusing "
+                    "connections under load)"))
         elif event == zmq.EVENT_DISCONNECTED:
             if self.state == "ready":
                 self._lost()
@@ -406,8 +461,14 @@ class Connection:
         if not isinstance(result, dict) or not isinstance(result.get("boot_id"), str):
             self._fail_open(UnavailableError(f"the peer at {self.display} is not a uvmexec agent"))
             return
+        try:
+            window = protocol.get_int(result, "window", 1, protocol.MAX_WINDOW, default=protocol.DEFAULT_WINDOW)
+        except ExecError:
+            self.refuse_agent(f"a credit window of {describe(result.get('window'))} bytes in hello "
+                              f"(this host accepts 1 to {protocol.MAX_WINDOW})")
+            return
         self.agent_info = result
-        self.window = result.get("window", self.window) if isinstance(result.get("window"), int) else self.window
+        self.window = window
         if self.state == "connecting":
             self.boot_id = result["boot_id"]
             self.state = "ready"
@@ -424,6 +485,7 @@ class Connection:
         log.warning("lost the agent at %s; waiting up to %gs for it", self.display, self.reconnect_timeout)
         self.state = "lost"
         self._lost_timer = self.loop.call_later(self.reconnect_timeout, self._gave_up)
+        self._tell("lost")
 
     def _gave_up(self) -> None:
         self._lost_timer = None
@@ -431,12 +493,14 @@ class Connection:
             return
         why = f"the agent at {self.display} was unreachable for {self.reconnect_timeout:g}s"
         self.state = "gone"  # new requests fail at once until the agent answers again
+        self._tell("gone")
         for remote in list(self.execs.values()):
             remote.force_locally(255, why)
         self._fail_all(UnavailableError(why))
 
     def _agent_restarted(self, boot_id: str) -> None:
         why = f"the agent at {self.display} restarted (boot {self.boot_id} -> {boot_id})"
+        self._tell("restarted")
         for handle, remote in list(self.execs.items()):
             if remote.on_agent or remote.abandoned:  # the ones still only here start on the new agent
                 remote.force_locally(255, why)
@@ -453,6 +517,9 @@ class Connection:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.request("resync", {"execs": [{"h": remote.handle, "acked": remote.acked()} for remote in live]},
                      future, internal=True)
+        for remote in live:  # the agent counts its window from what the resync acknowledges
+            for stream in remote.streams.values():
+                stream.acknowledged(stream.written)
         future.add_done_callback(lambda done: self.loop.call_soon_threadsafe(self._on_resync, done, live))
 
     def _on_resync(self, done: concurrent.futures.Future[Any], live: list[RemoteExec]) -> None:
@@ -478,3 +545,4 @@ class Connection:
             self._lost_timer = None
         log.info("the agent at %s is back", self.display)
         self._settle()
+        self._tell("ready")

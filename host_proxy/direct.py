@@ -105,8 +105,14 @@ class DirectRequests:
         while True:
             if not socket.poll(wait_ms, _POLLIN):
                 raise FallBack(f"no answer to {op!r} within {wait_ms} ms")
+            frames = socket.recv_multipart(_NOBLOCK)
+            problem = protocol.message_problem(frames)
+            if problem is not None:
+                # An agent that breaks the message bounds is refused on every connection of the client.
+                self._conn.loop.call_soon_threadsafe(self._conn.refuse_agent, problem)
+                raise FallBack(f"the agent sent {problem}")
             try:
-                header = protocol.unpack(socket.recv(_NOBLOCK))
+                header = protocol.unpack(frames[0])
             except ExecError as error:
                 raise FallBack(f"undecodable answer: {error}") from None
             if header.get("id") != request_id:

@@ -81,6 +81,19 @@ class ProxiedExec(Exec):
     def status(self) -> ExecStatus:
         return self._live().status()
 
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the host ended this exec (with 255) without the agent's exit record — the agent
+        stayed unreachable, restarted, forgot it, broke a bound, or the client was closed — or None."""
+        return self._live().forced_reason
+
+    @property
+    def output_cut(self) -> bool:
+        """Once exited: True if the agent stopped reading the output at the drain deadline
+        (something the process left behind kept it open), so some of it may be missing."""
+        header = self._live().exit_header
+        return bool(header is not None and header.get("cut"))
+
     def start(self) -> None:
         with self._start_lock:  # one start at a time: the second sees the first's outcome
             record = self._live()

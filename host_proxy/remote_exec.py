@@ -52,7 +52,12 @@ log = logging.getLogger(__name__)
 
 
 class InStream:
-    """One output stream arriving from the agent, written to its local sink in order."""
+    """One output stream arriving from the agent, written to its local sink in order.
+
+    The agent may have at most its window (and the chunk that crossed it) unacknowledged: the host
+    counts what arrived after the last acknowledgement it sent, and an agent that goes past that is
+    refused (:meth:`Connection.refuse_agent`) instead of queued without end.
+    """
 
     def __init__(self, owner: RemoteExec, stream: int, sink: OutputSink, first_seq: int = 0) -> None:
         self.owner = owner
@@ -60,6 +65,9 @@ class InStream:
         self.sink = sink
         self.expected = first_seq
         self.written = first_seq - 1
+        #: (seq, size) of the chunks taken after the last acknowledgement the agent was sent.
+        self._unacked: collections.deque[tuple[int, int]] = collections.deque()
+        self._unacked_bytes = 0
         self._queue: collections.deque[tuple[int, Any]] = collections.deque()
         self._writer: asyncio.Task[None] | None = None
         self._written_since_ack = 0
@@ -74,6 +82,15 @@ class InStream:
             if seq < self.expected:
                 self.owner.conn.queue_ack(self)  # a replayed duplicate: remind the agent where we are
             return  # a gap (lost across a reconnect) is filled by the resync's replay
+        self._unacked.append((seq, len(data)))
+        self._unacked_bytes += len(data)
+        window = self.owner.conn.window
+        if self._unacked_bytes > window + protocol.MAX_CHUNK_BYTES:
+            self.owner.conn.refuse_agent(
+                f"{self._unacked_bytes} bytes of {'stdout' if self.stream == STDOUT else 'stderr'} of exec "
+                f"{self.owner.label} beyond its last acknowledgement, more than its credit window of {window} "
+                "bytes allows")
+            return
         self.expected += 1
         self._queue.append((seq, data))
         if self._writer is None:
@@ -103,6 +120,11 @@ class InStream:
         finally:
             self._writer = None
         self.owner.check_exit()
+
+    def acknowledged(self, seq: int) -> None:
+        """The agent was told (an ack, or a resync) that every chunk up to ``seq`` is written."""
+        while self._unacked and self._unacked[0][0] <= seq:
+            self._unacked_bytes -= self._unacked.popleft()[1]
 
     def abort(self) -> None:
         self._queue.clear()
@@ -248,6 +270,8 @@ class RemoteExec:
         self.deleted = False
         #: Ended here without the agent (it was unreachable); the agent may still run it.
         self.forced_locally = False
+        #: Why it was ended here (set with ``forced_locally``).
+        self.forced_reason: str | None = None
         self._finalizing = False
 
     # -- what the host knows (any thread) ----------------------------------------
@@ -422,6 +446,7 @@ class RemoteExec:
             return
         log.warning("exec %s: %s; exiting it with %d", self.label, why, exit_status)
         self.forced_locally = True
+        self.forced_reason = why
         for state in self.streams.values():
             state.abort()
         if self.stdin is not None:

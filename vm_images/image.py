@@ -53,8 +53,7 @@ BUILD_SOURCES: tuple[str, ...] = (
 LAUNCH_SOURCES: tuple[str, ...] = (
     "__init__.py", "__main__.py", "launch.py", "qemu.py", "qmp.py", "probe.py",
     "accel.py", "daemon.py", "options.py", "keys.py",
-    # Containers' busybox root for tests: keyed by its own step, no input of the image.
-    "busybox.py",
+    "busybox.py",  # container bundles for tests and the shim: nothing of the guest image
 )
 
 MANIFEST = "manifest.json"

@@ -125,6 +125,8 @@ class ExecCore:
         self.deleted = False
         #: True once force_exit ended a running process (its output was not drained).
         self.forced = False
+        #: True once the drain deadline cut an output stream short (something kept it open).
+        self.output_cut = False
         self.snapshot = self._make_snapshot()
 
     # -- state ---------------------------------------------------------------
@@ -256,6 +258,7 @@ class ExecCore:
             timer.cancel()
         for result in results:
             if result is False:
+                self.output_cut = True
                 log.warning(
                     "exec %s/%s: output still open %.1fs after exit (a background process holds it); "
                     "stopped reading it",
@@ -332,6 +335,12 @@ class ExecCore:
             if sink is not None:
                 sink.abort()
         self._finish(status, utc_now(), op="force_exit")
+
+    def reap_if_killed(self, timeout: float = 5.0) -> None:
+        """After force_exit: make sure the killed process is reaped before this returns (see
+        :meth:`Reaper.reap_killed`); nothing to do for one never started or already reaped."""
+        if self.forced and self._watch is not None and self._pid:
+            self.supervisor.reaper.reap_killed(self._pid, timeout)
 
     def delete(self) -> ExecStatus:
         self._check_live()

@@ -95,6 +95,19 @@ class Reaper:
             threading.Thread(target=self._wait_in_thread, args=(pid,), name=f"reaper-{pid}", daemon=True).start()
         return watch
 
+    def reap_killed(self, pid: int, timeout: float) -> None:
+        """Reap a watched process that was just SIGKILLed, now, on the loop thread: wait for it
+        to die (on its pidfd, at most ``timeout``) and deliver its exit. For callers that need it
+        gone before they go on (``runc delete`` takes a zombie for a live init), which cannot wait
+        for the loop's next turn. A process not watched, or still alive at the deadline, is left
+        to the normal path."""
+        watch = self._watches.get(pid)
+        if watch is None or watch.pidfd is None:
+            return
+        readable, _, _ = select.select([watch.pidfd], [], [], timeout)
+        if readable:
+            self._reap(pid)
+
     def _wait_in_thread(self, pid: int) -> None:
         try:
             _, wait_status = os.waitpid(pid, 0)

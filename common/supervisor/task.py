@@ -200,6 +200,10 @@ class TaskCore:
                 # Only after a force_exit of the init can one still be draining: it was killed.
                 core.force_exit(KILLED)
         if self._created:
+            # A force-exited init may still be a zombie the loop has not reaped: runc would take
+            # it for a live init ("container init still running").
+            for core in (self.init, *self.live_execs()):
+                core.reap_if_killed()
             try:
                 self.runc.call(self._log, "delete", "--force", self.id)
             except RuncError as error:

@@ -2,8 +2,11 @@
 
 ::
 
-    uvmexec run [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--cwd DIR] [--user UID[:GID]] -- CMD [ARG...]
-    uvmexec ps [--guest ENDPOINT | --vm] [--json]
+    uvmexec run [-d] [-i] [-t] [--guest ENDPOINT | --vm] [--env K=V]... [--env-file FILE]... [--cwd DIR]
+                [--user USER[:GROUP]] [--drain-timeout SECONDS] -- CMD [ARG...]
+    uvmexec attach | logs [-f] | kill [-s SIGNAL] | rm [-f] TASK/EXEC
+    uvmexec cp SRC :DEST | :SRC DEST
+    uvmexec ps [-a] [-q] [--format table|json] [--guest ENDPOINT | --vm]
     uvmexec status TASK/EXEC [--guest ENDPOINT | --vm] [--json]
     uvmexec keygen DIR
     uvmexec vm build | up | down | status
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.handler == "run:run_command":
             # Signals first, so that from here on SIGTERM/SIGHUP unwind through the finally below.
             relay = args.relay = SignalRelay().install()
-            if is_embedded(args) and args.command not in ([], ["--"]):
+            if is_embedded(args) and args.command not in ([], ["--"]) and not args.detach:
                 from .embedded import PrivateAgent
 
                 agent = args.private_agent = PrivateAgent(debug=debug).spawn()

@@ -3,8 +3,11 @@
 Promise: :func:`connect` turns the connection options README.md documents ("The
 command line"; defined in :mod:`host_proxy.cli.args`, each
 with an environment fallback) into an open :class:`AgentClient`
-(a :class:`Target`) or a :class:`~host_proxy.cli.errors.CliError` with a
-one-line message naming the endpoint and a distinct exit code:
+(a :class:`Target`) or a :class:`~host_proxy.cli.errors.CliError` (exit 125)
+with a one-line message naming the option, file or endpoint at fault and the
+fix — key files and the endpoint's syntax are checked before connecting, and
+a failed handshake is diagnosed by looking at what the peer speaks (see
+:mod:`host_proxy.cli.endpoints`):
 
 - ``--guest ENDPOINT`` (``$UVMEXEC_GUEST``): ``ipc://``, ``tcp://`` (CURVE keys,
   or ``--insecure``), ``ssh://user@host:port`` (``--ssh-key``, ``--known-hosts``);
@@ -27,14 +30,27 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from common.trust import UntrustedPathError, check_ipc_endpoint
 
 from ..client import AgentClient
 from .embedded import PrivateAgent
-from .errors import CliError, Exit, classify
+from .endpoints import (
+    Named,
+    check_certificate,
+    check_directory,
+    check_endpoint,
+    check_file,
+    first_bytes,
+    is_zmtp,
+    option,
+    peer_mechanism,
+    shown,
+    tcp_address,
+)
+from .errors import CliError, Exit, classify, one_line
 
 log = logging.getLogger("uvmexec")
 
@@ -46,6 +62,10 @@ class Target:
     client: AgentClient
     where: str                      # "agent ipc:///...", "the VM's agent tcp://...", "private agent"
     embedded: PrivateAgent | None = None
+    #: Readable once the process serving the agent (the VM's QEMU, the private agent) has exited.
+    server_gone_fd: int | None = None
+    #: What that process is, for messages: "the VM", "the private agent".
+    server: str = ""
 
 
 def _env(value: str | None, name: str) -> str | None:
@@ -72,11 +92,11 @@ def connect(args: argparse.Namespace, *, allow_embedded: bool, debug: bool = Fal
 
             info = vm_images.status()
             if info is None:
-                raise CliError("no VM runs (start one with 'uvmexec vm up')", Exit.UNAVAILABLE)
+                raise CliError("no VM runs (start one with 'uvmexec vm up')", Exit.FAILED)
         where = f"the VM's agent at {info.agent_endpoint}"
         with _open(info.agent_endpoint, where, args.timeout, server_key=str(info.server_key),
-                   client_key=str(info.client_key)) as client:
-            yield Target(client, where)
+                   client_key=str(info.client_key)) as client, _vm_watch(info.pid, str(info.qmp_socket)) as gone_fd:
+            yield Target(client, where, server_gone_fd=gone_fd, server="the VM")
         return
     if guest is None:
         if not allow_embedded:
@@ -86,93 +106,207 @@ def connect(args: argparse.Namespace, *, allow_embedded: bool, debug: bool = Fal
             agent.wait_ready() if agent.spawned else agent.start()
             log.debug("private agent %s ready in %.3fs", agent.endpoint, agent.startup_seconds)
             where = "the private agent"
-            with _open(agent.endpoint, where, args.timeout) as client:
-                yield Target(client, where, agent)
+            with _open(agent.endpoint, where, args.timeout) as client, _pidfd(agent.pid) as gone_fd:
+                yield Target(client, where, agent, server_gone_fd=gone_fd, server="the private agent")
         finally:
             agent.stop()
         return
+    endpoint = Named(guest, "--guest" if args.guest else "$UVMEXEC_GUEST")
     where = f"agent {guest}"
-    options = _credentials(args, guest)
-    _precheck(guest)
-    with _open(guest, where, args.timeout, **options) as client:
+    check_endpoint(endpoint)
+    options = _credentials(args, endpoint)
+    _precheck(guest, min(1.0, args.timeout))
+    with _open(guest, where, args.timeout, lambda error: _diagnose(error, endpoint, options),
+               **options) as client:
         yield Target(client, where)
 
 
-def _credentials(args: argparse.Namespace, endpoint: str) -> dict[str, object]:
-    keys_dir = _env(args.keys, "UVMEXEC_KEYS")
-    server_key = _env(args.server_key, "UVMEXEC_SERVER_KEY")
-    client_key = _env(args.client_key, "UVMEXEC_CLIENT_KEY")
-    if keys_dir:
-        server_key = server_key or os.path.join(keys_dir, "agent.key")
-        client_key = client_key or os.path.join(keys_dir, "client.key_secret")
+@contextlib.contextmanager
+def _pidfd(pid: int | None) -> Iterator[int | None]:
+    """A pidfd of ``pid`` (readable once it exited), or None if there is none to be had."""
+    fd = None
+    if pid:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = None
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _vm_watch(pid: int, qmp_socket: str) -> Iterator[int | None]:
+    """A pidfd of the VM's QEMU — checked, once open, to be that QEMU still (not a recycled pid):
+    a live process whose command line serves the VM's QMP socket, as vm_images checks it."""
+    with _pidfd(pid) as fd:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                ours = f"unix:{qmp_socket},".encode() in cmdline.read()
+            with open(f"/proc/{pid}/stat") as stat_file:
+                ours = ours and stat_file.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            ours = False
+        yield fd if ours else None
+
+
+def _credentials(args: argparse.Namespace, endpoint: Named) -> dict[str, object]:
+    """The connection options for ``endpoint``, every key file checked before anything connects."""
+    url = endpoint.value
+    keys_dir = option(args.keys, "--keys", "UVMEXEC_KEYS")
+    server_key = option(args.server_key, "--server-key", "UVMEXEC_SERVER_KEY")
+    client_key = option(args.client_key, "--client-key", "UVMEXEC_CLIENT_KEY")
+    if args.insecure:
+        given = [named.name for named in (keys_dir, server_key, client_key)
+                 if named is not None and named.name.startswith("--")]
+        if given:
+            raise CliError(f"--insecure and {given[0]} contradict each other: plaintext has no keys "
+                           "(drop one of them)")
+        keys_dir = server_key = client_key = None  # --insecure wins over keys from the environment
+    if keys_dir is not None:
+        check_directory(keys_dir, f"make one with 'uvmexec keygen {keys_dir.value}'")
+        server_key = server_key or Named(os.path.join(keys_dir.value, "agent.key"), keys_dir.name)
+        client_key = client_key or Named(os.path.join(keys_dir.value, "client.key_secret"), keys_dir.name)
     options: dict[str, object] = {}
     if server_key or client_key:
-        if not (server_key and client_key):
-            raise CliError("--server-key and --client-key go together (or give --keys DIR)")
-        options.update(server_key=server_key, client_key=client_key)
-    if endpoint.startswith("tcp://"):
+        if server_key is None or client_key is None:
+            missing = "--client-key" if server_key else "--server-key"
+            raise CliError(f"{(server_key or client_key).name} needs {missing} too "  # type: ignore[union-attr]
+                           "(or give --keys DIR, a directory made by 'uvmexec keygen')")
+        check_certificate(server_key, secret=False,
+                          fix="give the agent's public certificate, agent.key from 'uvmexec keygen DIR'")
+        check_certificate(client_key, secret=True,
+                          fix="give this client's secret certificate, client.key_secret from 'uvmexec keygen DIR'")
+        options.update(server_key=server_key.value, client_key=client_key.value)
+    if url.startswith("tcp://"):
         if not options and not args.insecure:
-            raise CliError(f"{endpoint}: tcp needs keys: --keys DIR, or --server-key FILE and "
-                           "--client-key FILE (or --insecure for plaintext)")
+            raise CliError(f"{endpoint.name} {url}: tcp needs keys: --keys DIR, or --server-key FILE and "
+                           "--client-key FILE (or --insecure for plaintext; the VM's agent: use --vm)")
         options["insecure"] = bool(args.insecure)
-    elif endpoint.startswith("ssh://"):
-        ssh_key = _env(args.ssh_key, "UVMEXEC_SSH_KEY")
-        known_hosts = _env(args.known_hosts, "UVMEXEC_KNOWN_HOSTS")
-        if not (ssh_key and known_hosts):
-            raise CliError(f"{endpoint}: ssh needs --ssh-key FILE and --known-hosts FILE")
-        options.update(ssh_key=ssh_key, known_hosts=known_hosts)
-    elif not endpoint.startswith("ipc://"):
-        raise CliError(f"unsupported endpoint {endpoint!r}: use ipc:///path, tcp://host:port or "
-                       "ssh://user@host:port")
+    elif url.startswith("ssh://"):
+        ssh_key = option(args.ssh_key, "--ssh-key", "UVMEXEC_SSH_KEY")
+        known_hosts = option(args.known_hosts, "--known-hosts", "UVMEXEC_KNOWN_HOSTS")
+        if ssh_key is None or known_hosts is None:
+            raise CliError(f"{endpoint.name} {url}: ssh needs --ssh-key FILE (a private key the server "
+                           "accepts) and --known-hosts FILE (pinning its host key)")
+        check_file(ssh_key, "a private key", "give a private key the ssh server accepts")
+        check_file(known_hosts, "a known_hosts file", "give a known_hosts file that pins the server's host key")
+        options.update(ssh_key=ssh_key.value, known_hosts=known_hosts.value)
     return options
 
 
-def _precheck(endpoint: str) -> None:
+def _precheck(endpoint: str, wait: float) -> None:
     """Fail at once for an agent that certainly is not there, rather than after the timeout."""
     if endpoint.startswith("ipc://"):
         try:
             path = check_ipc_endpoint(endpoint)  # as AgentClient.connect does; first, for the exit code
         except UntrustedPathError as error:
-            raise CliError(str(error), Exit.KEY_REFUSED) from None
+            raise CliError(str(error), Exit.FAILED) from None
         try:
             mode = os.stat(path).st_mode
         except FileNotFoundError:
-            raise CliError(f"no agent at {endpoint}: {path} does not exist", Exit.UNAVAILABLE) from None
+            raise CliError(f"no agent at {endpoint}: {path} does not exist "
+                           "(is the agent running? it makes the socket when it starts)") from None
         except OSError as error:
-            raise CliError(f"cannot reach the agent at {endpoint}: {error.strerror}", Exit.UNAVAILABLE) from None
+            raise CliError(f"cannot reach the agent at {endpoint}: {error.strerror}") from None
         if not stat.S_ISSOCK(mode):
-            raise CliError(f"no agent at {endpoint}: {path} is not a socket", Exit.UNAVAILABLE)
+            raise CliError(f"no agent at {endpoint}: {path} is not a socket (give the path the agent "
+                           "listens on)")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
         except OSError as error:
             if error.errno in (errno.ECONNREFUSED, errno.ENOENT):
                 raise CliError(f"no agent at {endpoint}: the socket refuses connections "
-                               "(the agent is not running)", Exit.UNAVAILABLE) from None
+                               "(the agent is not running; start it again)") from None
             # EACCES and the like: let the real connection report it.
         finally:
             probe.close()
     elif endpoint.startswith("tcp://"):
-        host, _, port = endpoint[len("tcp://"):].rpartition(":")
-        host = host.strip("[]")
-        if not host or not port.isdigit() or host == "*":
-            return  # the library names what is wrong with it
+        host, port = tcp_address(endpoint)
         try:
-            with socket.create_connection((host, int(port)), timeout=2.0):
-                pass
+            probe = socket.create_connection((host, port), timeout=2.0)
         except ConnectionRefusedError:
-            raise CliError(f"cannot reach the agent at {endpoint}: connection refused", Exit.UNAVAILABLE) from None
+            raise CliError(f"cannot reach the agent at {endpoint}: connection refused "
+                           "(is the agent running and listening on that port?)") from None
         except socket.gaierror as error:
-            raise CliError(f"cannot reach the agent at {endpoint}: {error.strerror}", Exit.UNAVAILABLE) from None
+            raise CliError(f"cannot reach the agent at {endpoint}: {error.strerror} "
+                           "(check the host name)") from None
         except OSError:
             return  # timeouts and routes: the library's own deadline decides
+        with probe:
+            said = first_bytes(probe, wait)
+        if said == b"":
+            raise CliError(f"no agent answers at {endpoint}: the connection was accepted and closed at once "
+                           "(a port forward with nothing behind it, e.g. a VM whose agent is down?)")
+        if said is not None and not is_zmtp(said):
+            raise CliError(f"{endpoint} is not a uvmexec agent: it said {shown(said)} "
+                           "(check the port; the VM's agent: use --vm)")
+
+
+def _diagnose(error: BaseException, endpoint: Named, options: dict[str, object]) -> CliError | None:
+    """A precise line for a failed handshake or a silent peer, or None to keep the library's own."""
+    from common.errors import AuthenticationError, UnavailableError
+
+    url = endpoint.value
+    text = str(error)
+    curve = "server_key" in options
+    server_key = f"--server-key {options.get('server_key')}"
+    vm_hint = " (that is the VM's agent: use --vm)" if _is_the_vms_agent(url) else ""
+    if isinstance(error, AuthenticationError) and "refused this client's key" in text:
+        client_key = str(options.get("client_key"))
+        return CliError(f"the agent at {url} refused --client-key {client_key}: its public half "
+                        f"({client_key.removesuffix('_secret')}) is not in the agent's --authorized-keys "
+                        "directory (copy it there, or give a client key the agent knows)")
+    handshake_failed = isinstance(error, AuthenticationError) and "handshake" in text
+    silent = isinstance(error, UnavailableError) and "did not answer" in text
+    if not (handshake_failed or silent):
+        return None
+    mechanism = peer_mechanism(*tcp_address(url)) if url.startswith("tcp://") else None
+    if mechanism == "":
+        return CliError(f"{url} is not a uvmexec agent: it does not speak ZeroMQ (check the port{vm_hint})")
+    if silent:
+        return CliError(f"{one_line(text)} (is the agent running? over a slow link, raise --timeout)")
+    if mechanism == "CURVE" and not curve:
+        return CliError(f"the agent at {url} uses CURVE, not plaintext: drop --insecure and give --keys DIR "
+                        f"(or --server-key FILE and --client-key FILE){vm_hint}")
+    if mechanism == "CURVE":
+        return CliError(f"the agent at {url} is not the one {server_key} belongs to: the CURVE handshake "
+                        f"failed (give that agent's own public certificate{vm_hint or ''})")
+    if mechanism == "NULL" and curve:
+        return CliError(f"the agent at {url} runs without CURVE (plaintext): connect with --insecure and no "
+                        "keys, or restart it with --server-key")
+    if url.startswith("ssh://") and not curve:
+        return CliError(f"the agent behind {url} refused a plaintext connection, so it uses CURVE: give "
+                        "--keys DIR (or --server-key FILE and --client-key FILE)")
+    if url.startswith("ssh://"):
+        return CliError(f"the CURVE handshake with the agent behind {url} failed: {server_key} is not its "
+                        "public certificate, or it runs without CURVE (then drop the keys)")
+    return None
+
+
+def _is_the_vms_agent(url: str) -> bool:
+    if not url.startswith("tcp://"):
+        return False
+    try:
+        import vm_images
+
+        info = vm_images.status()
+    except Exception:  # only a hint: never fail over it
+        return False
+    return info is not None and info.agent_endpoint == url
 
 
 @contextlib.contextmanager
-def _open(endpoint: str, where: str, timeout: float, **options: object) -> Iterator[AgentClient]:
+def _open(endpoint: str, where: str, timeout: float,
+          diagnose: Callable[[BaseException], CliError | None] = lambda error: None,
+          **options: object) -> Iterator[AgentClient]:
     try:
-        client = AgentClient.connect(endpoint, timeout=timeout, **options)  # type: ignore[arg-type]
+        # A command line sends a request or two: a second connection's handshake would cost more.
+        client = AgentClient.connect(endpoint, timeout=timeout, direct=False, **options)  # type: ignore[arg-type]
     except Exception as error:
-        raise classify(error, where, endpoint) from None
+        raise diagnose(error) or classify(error, where, endpoint) from None
     with client:
         yield client

@@ -13,20 +13,33 @@ Promise, as ``docker exec``:
   through ``resize_pty``; after SIGCONT raw mode is re-applied;
 - signals to uvmexec are forwarded to the command: SIGINT (Ctrl-C without a
   raw terminal), SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2; the third SIGINT
-  within 5 s sends SIGKILL instead. When the agent has left an earlier forward
-  unanswered for over a second (it is lost), that third SIGINT, or another
-  SIGTERM/SIGHUP, gives up on the command at once: one line, exit 69, nothing
-  more asked of the agent. (A SIGTERM that arrives twice at once, as
-  ``timeout`` sends it, is just forwarded twice.)
+  within 5 s sends SIGKILL instead;
+- Ctrl-C always ends the wait: SIGINT (or, on a raw terminal, the interrupt
+  key) while the agent is lost, or when it leaves that forward (or, for the
+  key, a ping) unanswered for a second, gives up on the command at once —
+  one line, exit 130, nothing more asked of the agent. SIGTERM and SIGHUP do
+  the same with 128+N;
+- a lost agent is said once ("lost ...; waiting up to 30s"), and its return
+  too; when the process serving it is known to be gone (the VM's QEMU, the
+  private agent) the wait ends at once: one line, exit 255 — as when the
+  agent does not come back in time, or comes back restarted;
 - when our stdout's reader goes away (``uvmexec run -- yes | head``) the
   command gets SIGPIPE, as it would in a local pipeline;
-- the exec is deleted from the agent once it exited, so no record is left.
+- output written after the exit is read for ``--drain-timeout`` seconds (0:
+  until the streams close), and one line says so if that cut it off;
+- the exec is deleted from the agent once it exited, so no record is left —
+  unless Ctrl-P Ctrl-Q on a raw terminal detached from it, or ``-d`` started
+  it detached (TASK/EXEC printed; its output kept by the agent, see
+  :mod:`host_proxy.cli.manage`).
+
+``attach TASK/EXEC`` is the same main loop on an exec that already runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import pwd
@@ -44,12 +57,23 @@ from common.errors import ExecError, FailedPreconditionError, InvalidArgumentErr
 from common.spec import DEFAULT_PATH
 
 from ..proxied_exec import ProxiedExec
-from . import connect
-from .args import is_embedded
+from . import connect, users
+from .args import MAX_DRAIN_TIMEOUT, is_embedded
 from .errors import CliError, Exit, classify, classify_start
-from .signals import EVENT_BROKEN_PIPE, EVENT_EXITED, SignalRelay
+from .signals import (
+    EVENT_BACK,
+    EVENT_BROKEN_PIPE,
+    EVENT_DETACH,
+    EVENT_EXITED,
+    EVENT_GONE,
+    EVENT_INTERRUPT_KEY,
+    EVENT_LOST,
+    EVENT_RESTARTED,
+    EVENT_STARTED,
+    SignalRelay,
+)
 from .stdio import FdReader, FdWriter
-from .terminal import RawMode, terminal_fd, window_size
+from .terminal import RawMode, interrupt_key, terminal_fd, window_size
 
 log = logging.getLogger("uvmexec")
 
@@ -58,40 +82,65 @@ INTERRUPTS_TO_KILL = 3
 INTERRUPT_WINDOW = 5.0
 DELETE_WAIT = 5.0
 STUCK_AFTER = 1.0  # an agent that leaves a forwarded signal unanswered this long is not answering
+DETACH_KEYS = b"\x10\x11"  # Ctrl-P Ctrl-Q, as docker's
+LOSS_GRACE = 0.5  # a lost agent is announced after this long, unless its server is found gone first
+_CONNECTION_EVENTS = {"lost": EVENT_LOST, "ready": EVENT_BACK, "gone": EVENT_GONE, "restarted": EVENT_RESTARTED}
 
 
-def parse_user(text: str | None, embedded: bool) -> User:
-    if text is None:
-        # The private agent runs as us: by default so does the command (no identity switch needed).
-        return User(os.geteuid(), os.getegid(), tuple(os.getgroups())) if embedded else User(0, 0)
-    uid_text, _, gid_text = text.partition(":")
-    if not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
-        raise CliError(f"--user {text!r}: give a numeric UID or UID:GID")
+def default_identity(embedded: bool) -> tuple[User, str]:
+    """Without --user: root in a guest (as docker exec); ourselves for the private agent, which
+    runs as us (no identity switch needed)."""
+    if not embedded:
+        return User(0, 0), "/root"
     try:
-        return User(int(uid_text), int(gid_text or 0))
-    except InvalidArgumentError as error:
-        raise CliError(f"--user {text!r}: {error}") from None
+        home = pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:
+        home = "/"
+    return User(os.geteuid(), os.getegid(), tuple(os.getgroups())), home
 
 
-def build_env(entries: list[str], user: User, tty: bool, embedded: bool) -> list[str]:
-    env = [f"PATH={DEFAULT_PATH}"]
-    home = "/root" if user.uid == 0 else "/"
-    if embedded and user.uid != 0:
+def check_user_syntax(text: str) -> None:
+    user_text, colon, group_text = text.partition(":")
+    if not user_text or (colon and not group_text) or ":" in group_text:
+        raise CliError(f"--user {text!r}: give USER, UID, USER:GROUP or UID:GID")
+
+
+def read_env_files(paths: list[str]) -> list[str]:
+    """docker's --env-file: K=V or a bare K per line; blank lines and '#' comments skipped; no quoting."""
+    entries = []
+    for path in paths:
         try:
-            home = pwd.getpwuid(user.uid).pw_dir
-        except KeyError:
-            pass
-    env.append(f"HOME={home}")
+            with open(path, encoding="utf-8") as file:
+                lines = file.read().splitlines()
+        except FileNotFoundError:
+            raise CliError(f"--env-file {path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise CliError(f"--env-file {path}: cannot read it: {getattr(error, 'strerror', None) or error}") from None
+        for number, line in enumerate(lines, 1):
+            text = line.lstrip()
+            if not text or text.startswith("#"):
+                continue
+            name = text.partition("=")[0]
+            if not name or any(c.isspace() for c in name):
+                raise CliError(f"--env-file {path}:{number}: {line!r} is not NAME=VALUE or NAME")
+            entries.append(text)
+    return entries
+
+
+def build_env(entries: list[str], home: str, tty: bool) -> list[str]:
+    """PATH, HOME and (with -t) TERM, then ours: a name given with --env replaces the default."""
+    env = {"PATH": DEFAULT_PATH, "HOME": home}
     if tty:
-        env.append(f"TERM={os.environ.get('TERM') or 'xterm'}")
+        env["TERM"] = os.environ.get("TERM") or "xterm"
     for entry in entries:
-        if entry.startswith("="):
+        name, equals, value = entry.partition("=")
+        if not name:
             raise CliError(f"--env {entry!r}: the name is empty")
-        if "=" in entry:
-            env.append(entry)
-        elif entry in os.environ:  # docker's "--env K": take K from ours, or nothing if unset
-            env.append(f"{entry}={os.environ[entry]}")
-    return env
+        if equals:
+            env[name] = value
+        elif name in os.environ:  # docker's "--env K": take K from ours, or nothing if unset
+            env[name] = os.environ[name]
+    return [f"{name}={value}" for name, value in env.items()]
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -100,13 +149,20 @@ def run_command(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise CliError("run needs a command: uvmexec run [OPTIONS] [--] CMD [ARG...]")
-    if args.tty and args.interactive and not os.isatty(0):
+    if args.tty and args.interactive and not args.detach and not os.isatty(0):
         raise CliError("the input device is not a TTY (drop -t, or run from a terminal)")
+    args.drain_seconds = _drain_timeout(args)
     embedded = is_embedded(args)
-    user = parse_user(args.user, embedded)
+    if args.detach and embedded:
+        raise CliError("-d needs an agent that outlives uvmexec: give --guest ENDPOINT or --vm "
+                       "(the private agent ends with uvmexec)")
+    args.env = read_env_files(args.env_file) + args.env
+    if args.user is not None:
+        check_user_syntax(args.user)
+    user, home = default_identity(embedded)  # --user is looked up where the command runs, once connected
     local_tty = terminal_fd(0, 1) if args.tty else None
     try:
-        spec = ProcessSpec(args=command, env=build_env(args.env, user, args.tty, embedded), cwd=args.cwd,
+        spec = ProcessSpec(args=command, env=build_env(args.env, home, args.tty), cwd=args.cwd,
                            terminal=args.tty, console_size=window_size(local_tty), user=user)
     except InvalidArgumentError as error:
         raise CliError(str(error).replace("invalid process spec: ", "")) from None
@@ -124,15 +180,41 @@ def run_command(args: argparse.Namespace) -> int:
             relay.uninstall()
 
 
+def quiet_library(debug: bool) -> None:
+    """Losing the agent, and what it costs, is said by the command line, once, in its own terms."""
+    if not debug:
+        for name in ("host_proxy.connection", "host_proxy.remote_exec"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def stdin_reader(relay: SignalRelay, raw: bool) -> FdReader:
+    """Our stdin for the library; on a raw terminal the interrupt key and Ctrl-P Ctrl-Q are events."""
+    if not raw:
+        return FdReader(0)
+    key = interrupt_key(0)  # raw: Ctrl-C is a byte for the guest's terminal
+    return FdReader(0, on_data=None if key is None else
+                    lambda data: relay.post(EVENT_INTERRUPT_KEY) if key in data else None,
+                    detach_keys=DETACH_KEYS, on_detach=lambda: relay.post(EVENT_DETACH))
+
+
 def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, exec_id: str,
          relay: SignalRelay, local_tty: int | None) -> int:
-    reader = FdReader(0) if args.interactive else None
+    quiet_library(args.debug)
+    if args.user is not None:
+        accounts = (users.read_local_accounts() if target.embedded is not None
+                    else users.read_accounts(target.client, args.task, target.where))
+        resolved = users.resolve(args.user, accounts, target.where)
+        spec = dataclasses.replace(spec, user=resolved.user, env=build_env(args.env, resolved.home, args.tty))
+    if args.detach:
+        return _run_detached(target, args, spec, exec_id)
+    target.client.watch(lambda what: relay.post(_CONNECTION_EVENTS[what]))
+    reader = stdin_reader(relay, raw=args.tty and os.isatty(0)) if args.interactive else None
     out = FdWriter(1, on_broken=lambda: relay.post(EVENT_BROKEN_PIPE))
     err = None if args.tty else FdWriter(2)
     try:
         # FdReader/FdWriter are the file objects Stdio takes (read1/read, write); typed as BinaryIO there.
         stdio = Stdio(stdin=cast(BinaryIO, reader), stdout=cast(BinaryIO, out), stderr=cast(BinaryIO, err))
-        made = target.client.create_exec(args.task, exec_id, spec, stdio)
+        made = target.client.create_exec(args.task, exec_id, spec, stdio, drain_timeout=args.drain_seconds)
     except ExecError as error:
         if reader is not None:
             reader.close()
@@ -146,28 +228,83 @@ def _run(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, ex
         relay.relay()
         started = True
         try:
-            made.start()
-        except ExecError as error:
-            raise classify_start(error, target.where) from None
-        watcher = threading.Thread(target=_post_exit, args=(made, relay), name="uvmexec-wait", daemon=True)
-        watcher.start()
-        try:
-            status = _Supervisor(made, relay, raw, local_tty, spec.console_size, target.where).run()
+            status = supervise(made, relay, raw, local_tty, spec.console_size, target, start=True,
+                               drain_timeout=args.drain_timeout, ref=f"{args.task}/{exec_id}")
         except _GaveUp:
-            abandoned = True  # asking the agent anything more would wait for it again
-            # Closing the client ends our record of the exec: no news after "giving up".
-            logging.getLogger("host_proxy.remote_exec").setLevel(logging.ERROR)
+            abandoned = True  # the agent does not answer, or we detached: the exec is left to it
             raise
-        watcher.join()
         return status
     finally:
         if raw is not None:
             raw.restore()
             _raw_logging(False)
+        if abandoned:
+            target.client.close()  # before stdin ends: a detached command's stdin stays open
         if reader is not None:
             reader.close()  # a worker thread may be blocked reading our stdin: let it go
-        if not abandoned:
-            _delete(made, started)
+        if not abandoned and _delete(made, started) and target.embedded is not None:
+            target.embedded.idle = True
+
+
+def supervise(made: ProxiedExec, relay: SignalRelay, raw: RawMode | None, local_tty: int | None,
+              size: tuple[int, int] | None, target: connect.Target, *, start: bool, drain_timeout: float,
+              ref: str) -> int:
+    """Run the main loop until the exec exits (starting it first if ``start``); its exit status."""
+    # wait() blocks through the start and the exit (a failed start is an exit with 1, too).
+    watcher = threading.Thread(target=_post_exit, args=(made, relay), name="uvmexec-wait", daemon=True)
+    watcher.start()
+    supervisor = _Supervisor(made, relay, raw, local_tty, size, target, start=start, ref=ref)
+    supervisor.drain_timeout = drain_timeout
+    try:
+        status = supervisor.run()
+    except _GaveUp:
+        # Closing the client ends our record of the exec: no news after "giving up".
+        logging.getLogger("host_proxy.remote_exec").setLevel(logging.ERROR)
+        raise
+    watcher.join()
+    return status
+
+
+class _Discard:
+    """Output nobody here reads (a detached exec's, until the client is gone)."""
+
+    def write(self, data: bytes | memoryview) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _run_detached(target: connect.Target, args: argparse.Namespace, spec: ProcessSpec, exec_id: str) -> int:
+    """Start the command, print TASK/EXEC and leave it to the agent, which keeps its output."""
+    keep_open = os.pipe2(os.O_CLOEXEC) if args.interactive else None
+    # With -i its stdin stays open on the agent for 'uvmexec attach': a source that never ends.
+    reader = FdReader(keep_open[0]) if keep_open is not None else None
+    stdio = Stdio(stdin=cast(BinaryIO, reader), stdout=cast(BinaryIO, _Discard()),
+                  stderr=None if args.tty else cast(BinaryIO, _Discard()))
+    try:
+        try:
+            made = target.client.create_exec(args.task, exec_id, spec, stdio, drain_timeout=args.drain_seconds,
+                                             detached=True)
+            made.start()
+        except ExecError as error:
+            raise classify_start(error, target.where) from None
+        print(f"{args.task}/{exec_id}", flush=True)
+        target.client.close()  # no client holds it now: the agent keeps its output as a ring
+        return Exit.OK
+    finally:
+        if reader is not None:
+            reader.close()
+        for fd in keep_open or ():
+            os.close(fd)
+
+
+def _drain_timeout(args: argparse.Namespace) -> float:
+    value = args.drain_timeout
+    if not 0 <= value <= MAX_DRAIN_TIMEOUT:  # also NaN
+        raise CliError(f"--drain-timeout {value:g}: give seconds from 0 (until the streams close) "
+                       f"to {MAX_DRAIN_TIMEOUT:g}")
+    return value or MAX_DRAIN_TIMEOUT
 
 
 def _post_exit(made: ProxiedExec, relay: SignalRelay) -> None:
@@ -177,17 +314,20 @@ def _post_exit(made: ProxiedExec, relay: SignalRelay) -> None:
         relay.post(EVENT_EXITED)
 
 
-def _delete(made: ProxiedExec, started: bool) -> None:
-    """Leave no record on the agent; an exec still running (we are failing) is left to it."""
+def _delete(made: ProxiedExec, started: bool) -> bool:
+    """Leave no record on the agent; an exec still running (we are failing) is left to it.
+    True if it was deleted."""
     try:
         if started:
             if made.state is ExecState.RUNNING:
-                return
+                return False
             # A failed start: the agent has exited it, and this host is recording that right now.
             made.wait(timeout=DELETE_WAIT)
         made.delete()
     except ExecError as error:
         log.debug("deleting %s: %s", made, error)
+        return False
+    return True
 
 
 def _raw_logging(raw: bool) -> None:
@@ -209,40 +349,135 @@ class _Supervisor:
     """
 
     def __init__(self, made: ProxiedExec, relay: SignalRelay, raw: RawMode | None, local_tty: int | None,
-                 initial_size: tuple[int, int] | None, where: str) -> None:
+                 initial_size: tuple[int, int] | None, target: connect.Target, *, start: bool = True,
+                 ref: str = "") -> None:
         self.made = made
+        self.ref = ref
+        self.starting = start
         self.relay = relay
         self.raw = raw
         self.local_tty = local_tty
         self.size = initial_size
-        self.where = where
+        self.target = target
+        self.where = target.where
         self.interrupts: list[float] = []
         self.requests = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="uvmexec-forward")
-        self.pending: dict[concurrent.futures.Future[None], float] = {}  # request -> when it was sent
-        self.pending_lock = threading.Lock()  # requests finish on the worker thread
+        # Requests that must be answered in time, or we give up: (deadline, request, exit code, why).
+        self.watchdogs: list[tuple[float, concurrent.futures.Future[None], int, str]] = []
         self.finished = False
+        self.lost = False
+        self.announce_loss_at: float | None = None
+        self.loss_announced = False
+        self.ended_by = ""  # why the agent ended the exec with 255 (it stayed away, or restarted)
+        self.drain_timeout = 0.0
+        self.start: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.exited = False
 
     def run(self) -> int:
+        """Start the command and supervise it until it exits; its exit status."""
+        gone_fd = self.target.server_gone_fd
         try:
+            if self.starting:
+                # Started on the worker, as any request: the loop hears Ctrl-C while the start is out
+                # (its reply may be lost with the agent). Requests submitted later go after it.
+                self.start = self.requests.submit(self.made.start)
+                self.start.add_done_callback(lambda _: self.relay.post(EVENT_STARTED))
+            else:
+                self.start.set_result(None)  # attached: it started long ago
             if self.local_tty is not None:
                 self._resize()  # the window may have changed while the exec was being created
             poller = select.poll()
             poller.register(self.relay.fd, select.POLLIN)
+            if gone_fd is not None:
+                poller.register(gone_fd, select.POLLIN)
             while True:
-                poller.poll()  # PEP 475: retried after signal handlers run; the wakeup fd wakes it
+                # PEP 475: retried after signal handlers run; the wakeup fd wakes it.
+                ready = {fd for fd, _ in poller.poll(self._poll_timeout())}
                 for event in self.relay.take():
                     if event == EVENT_EXITED:
-                        return self.made.wait().exit_status
-                    self._on_event(event)
+                        self.exited = True
+                    elif event == EVENT_STARTED:
+                        self._check_start()
+                    else:
+                        self._on_event(event)
+                if self.exited and self.start.done():
+                    return self._exit_status()
+                if gone_fd in ready:
+                    if self.made.state is ExecState.EXITED and self.start.done():
+                        return self._exit_status()
+                    raise _GaveUp(f"{self.target.server} stopped while the command ran ({self.where}): "
+                                  "the command is gone with it, its exit status unknown", Exit.LOST)
+                self._check_deadlines()
         finally:
             # A request still stuck on a lost agent fails when the client closes, right after this;
             # that failure is no news to anyone.
             self.finished = True
             self.requests.shutdown(wait=False, cancel_futures=True)
 
+    def _check_start(self) -> None:
+        error = self.start.exception()
+        if isinstance(error, ExecError):
+            raise classify_start(error, self.where)
+        if error is not None:
+            raise error
+
+    def _exit_status(self) -> int:
+        self._check_start()
+        status = self.made.wait().exit_status
+        if self.ended_by and status == 255:
+            raise _GaveUp(self.ended_by, Exit.LOST)
+        if self.made.output_cut:
+            log.warning("output written after the command exited was cut off after --drain-timeout %gs "
+                        "(something it left running kept it open; --drain-timeout 0 waits until it closes)",
+                        self.drain_timeout)
+        return status
+
+    def _poll_timeout(self) -> int | None:
+        deadlines = [deadline for deadline, *_ in self.watchdogs]
+        if self.announce_loss_at is not None:
+            deadlines.append(self.announce_loss_at)
+        if not deadlines:
+            return None
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for deadline, request, code, why in list(self.watchdogs):
+            if request.done():
+                self.watchdogs.remove((deadline, request, code, why))
+            elif now >= deadline:
+                raise _GaveUp(f"{why}, and {self.where} does not answer: giving up on the command "
+                              "(it may still run there)", code)
+        if self.announce_loss_at is not None and now >= self.announce_loss_at:
+            self.announce_loss_at = None
+            if self.lost:
+                self.loss_announced = True
+                log.warning("lost %s; waiting up to %gs for it to come back (Ctrl-C gives up)",
+                            self.where, self.target.client.reconnect_timeout)
+
     def _on_event(self, event: int) -> None:
         if event == EVENT_BROKEN_PIPE:
             self._submit(self._kill, signal.SIGPIPE)
+        elif event == EVENT_LOST:
+            self.lost = True
+            if not self.loss_announced:
+                self.announce_loss_at = time.monotonic() + LOSS_GRACE
+        elif event == EVENT_BACK:
+            self.lost = False
+            self.announce_loss_at = None
+            if self.loss_announced:
+                self.loss_announced = False
+                log.warning("%s is back", self.where)
+        elif event == EVENT_GONE:
+            self.ended_by = (f"{self.where} did not come back within {self.target.client.reconnect_timeout:g}s: "
+                             "giving up on the command (it may still run there)")
+        elif event == EVENT_RESTARTED:
+            self.ended_by = f"{self.where} restarted while the command ran: the command is gone"
+        elif event == EVENT_DETACH:
+            raise _GaveUp(f"detached from {self.ref}: it runs on; 'uvmexec attach {self.ref}' comes back "
+                          "to it", Exit.OK)
+        elif event == EVENT_INTERRUPT_KEY:
+            self._ending(self._submit(self._ping), Exit.INTERRUPTED, "interrupted")
         elif event == signal.SIGWINCH:
             self._resize()
         elif event == signal.SIGCONT:
@@ -253,35 +488,34 @@ class _Supervisor:
             now = time.monotonic()
             self.interrupts = [t for t in self.interrupts if now - t < INTERRUPT_WINDOW] + [now]
             if len(self.interrupts) < INTERRUPTS_TO_KILL:
-                self._submit(self._kill, signal.SIGINT)
+                request = self._submit(self._kill, signal.SIGINT)
             else:
-                why = f"interrupted {len(self.interrupts)} times"
-                self._give_up_if_stuck(why)
-                log.warning("%s: killing the command (SIGKILL)", why)
-                self._submit(self._kill, signal.SIGKILL)
+                if not self.lost:
+                    log.warning("interrupted %d times: killing the command (SIGKILL)", len(self.interrupts))
+                request = self._submit(self._kill, signal.SIGKILL)
+            self._ending(request, Exit.INTERRUPTED, "interrupted")
         elif event in (signal.SIGTERM, signal.SIGHUP):
-            self._give_up_if_stuck(f"got {signal.Signals(event).name}")
-            self._submit(self._kill, event)
+            self._ending(self._submit(self._kill, event), 128 + event, f"got {signal.Signals(event).name}")
         elif event in FORWARDED:
             self._submit(self._kill, event)
 
-    def _give_up_if_stuck(self, why: str) -> None:
-        now = time.monotonic()
-        with self.pending_lock:
-            stuck = any(now - sent > STUCK_AFTER for sent in self.pending.values())
-        if stuck:
-            raise _GaveUp(f"{why}, and {self.where} does not answer: giving up on the command "
-                          "(it may still run there)", Exit.UNAVAILABLE)
+    def _ending(self, request: concurrent.futures.Future[None], code: int, why: str) -> None:
+        """A request that asks the command to end (or checks the agent after the interrupt key):
+        if the agent is lost, or leaves it unanswered for STUCK_AFTER, stop waiting for it.
+        (While the start is still out, the request waits behind it: the start is watched too.)"""
+        if self.lost:
+            raise _GaveUp(f"{why} while {self.where} is lost: giving up on the command (it may still run there)",
+                          code)
+        self.watchdogs.append((time.monotonic() + STUCK_AFTER, request, code, why))
 
-    def _submit(self, request: Callable[..., None], *args: object) -> None:
-        future = self.requests.submit(request, *args)
-        with self.pending_lock:
-            self.pending[future] = time.monotonic()
-        future.add_done_callback(self._finished)
+    def _submit(self, request: Callable[..., None], *args: object) -> concurrent.futures.Future[None]:
+        return self.requests.submit(request, *args)
 
-    def _finished(self, future: concurrent.futures.Future[None]) -> None:
-        with self.pending_lock:
-            self.pending.pop(future, None)
+    def _ping(self) -> None:
+        try:
+            self.target.client.ping()
+        except ExecError as error:
+            log.debug("ping: %s", error)
 
     def _kill(self, signum: int) -> None:
         try:
@@ -311,3 +545,52 @@ class _Supervisor:
 
 
 __all__ = ["Exit", "run_command"]
+
+
+def attach_command(args: argparse.Namespace) -> int:
+    """``uvmexec attach TASK/EXEC``: take over a running exec's stdio, like ``run`` from then on."""
+    from .ps import find
+
+    relay = SignalRelay().install()
+    try:
+        with connect.connect(args, allow_embedded=False, debug=args.debug) as target:
+            quiet_library(args.debug)
+            try:
+                info = find(target.client.list_exec_info(), args.exec_ref, target.where)
+            except ExecError as error:
+                raise classify(error, target.where) from None
+            if info is None:
+                raise CliError(f"no exec {args.exec_ref!r} on {target.where} (see 'uvmexec ps')")
+            task, exec_id = info.status.id, info.status.exec_id
+            terminal = info.status.terminal
+            local_tty = terminal_fd(0, 1) if terminal else None
+            raw_wanted = terminal and not args.no_stdin and os.isatty(0)
+            target.client.watch(lambda what: relay.post(_CONNECTION_EVENTS[what]))
+            reader = None if args.no_stdin else stdin_reader(relay, raw=raw_wanted)
+            out = FdWriter(1, on_broken=lambda: relay.post(EVENT_BROKEN_PIPE))
+            err = None if terminal else FdWriter(2)
+            stdio = Stdio(stdin=cast(BinaryIO, reader), stdout=cast(BinaryIO, out), stderr=cast(BinaryIO, err))
+            try:
+                made = target.client.attach(task, exec_id, stdio)
+            except ExecError as error:
+                if reader is not None:
+                    reader.close()
+                raise classify(error, target.where) from None
+            raw = RawMode(0) if raw_wanted else None
+            try:
+                if raw is not None:
+                    raw.enter()
+                    _raw_logging(True)
+                relay.relay()
+                return supervise(made, relay, raw, local_tty, None, target, start=False,
+                                 drain_timeout=0.0, ref=f"{task}/{exec_id}")
+            finally:
+                if raw is not None:
+                    raw.restore()
+                    _raw_logging(False)
+                target.client.close()  # before stdin ends: a command we leave keeps its stdin open
+                if reader is not None:
+                    reader.close()
+    finally:
+        relay.relay()  # a signal during clean-up must not interrupt it
+        relay.uninstall()

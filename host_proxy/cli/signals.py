@@ -7,8 +7,8 @@ agent is starting, the exec not yet started) SIGINT raises
 so set-up unwinds through its ``finally`` blocks (the private agent is
 stopped, the terminal restored) instead of dying in place. Afterwards every
 signal only becomes a byte on :attr:`SignalRelay.fd` (``signal.set_wakeup_fd``),
-together with the two events other threads post: :data:`EVENT_EXITED` and
-:data:`EVENT_BROKEN_PIPE`. ``uninstall()`` puts back every previous handler.
+together with the events other threads post (``EVENT_*``: the exit, a lost
+connection, a broken stdout, the interrupt key on a raw terminal). ``uninstall()`` puts back every previous handler.
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ import signal
 import threading
 from types import FrameType
 
-EVENT_BROKEN_PIPE = 0   # our stdout's reader went away (not a signal number)
-EVENT_EXITED = 255      # the exec exited (not a signal number)
+# Events other threads post (none is a signal number):
+EVENT_BROKEN_PIPE = 0   # our stdout's reader went away
+EVENT_DETACH = 248      # Ctrl-P Ctrl-Q was read from our raw stdin: leave the command running
+EVENT_STARTED = 249     # the start request finished (the process runs, or it failed to start)
+EVENT_LOST = 250        # the connection to the agent was lost (the client waits for it to come back)
+EVENT_BACK = 251        # ... and it is back
+EVENT_GONE = 252        # ... and the client gave up waiting: execs not yet exited end with 255
+EVENT_RESTARTED = 253   # the agent came back as a new agent: its execs are gone
+EVENT_INTERRUPT_KEY = 254  # the terminal's interrupt key was read from our raw stdin
+EVENT_EXITED = 255      # the exec exited
 
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
            signal.SIGWINCH, signal.SIGCONT)

@@ -7,7 +7,10 @@ Promise:
   shell — and ``cancel()`` makes a read that is blocked, or any later one,
   return EOF at once. The library reads stdin in a worker thread; without
   this, a command that exits while nobody types would leave that thread
-  blocked and ``uvmexec`` could not exit.
+  blocked and ``uvmexec`` could not exit. ``on_data``, if given, sees every
+  chunk read (on that thread), before the library does. With ``detach_keys``
+  (docker's Ctrl-P Ctrl-Q on a raw terminal) the sequence is never passed on:
+  ``on_detach`` is called, and reads then return nothing until cancelled.
 - :class:`FdWriter` writes every byte it is given to an fd at once (no
   buffering: a prompt shows before its newline), and when the reader of that
   fd has gone (EPIPE) it calls ``on_broken`` once and drops the rest, as a
@@ -26,14 +29,51 @@ from collections.abc import Callable
 class FdReader:
     """A binary, cancellable reader of one fd (it does not own the fd)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_data: Callable[[bytes], None] | None = None, *,
+                 detach_keys: bytes = b"", on_detach: Callable[[], None] | None = None) -> None:
         self.fd = fd
+        self.on_data = on_data
+        self.detach_keys = detach_keys
+        self.on_detach = on_detach
+        self.detached = False
+        self._held = b""  # the start of the detach sequence, until the next read says what it was
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._cancelled = threading.Event()
 
     def read1(self, size: int = 65536) -> bytes:
         if size is None or size < 0:
             size = 65536
+        while True:
+            if self.detached:
+                self._cancelled.wait()  # nothing more for the command; cancel() lets us go
+                return b""
+            data = self._read_fd(size)
+            if not self.detach_keys:
+                return data
+            if not data:  # EOF, or cancelled: what was held back was not the sequence after all
+                held, self._held = self._held, b""
+                return held if not self._cancelled.is_set() else b""
+            data = self._without_detach_keys(data)
+            if data:
+                return data
+            # Nothing to pass on yet (the start of the sequence, or the sequence): read on, or wait.
+
+    def _without_detach_keys(self, data: bytes) -> bytes:
+        data, self._held = self._held + data, b""
+        keys = self.detach_keys
+        at = data.find(keys)
+        if at >= 0:
+            self.detached = True
+            if self.on_detach is not None:
+                self.on_detach()
+            return data[:at]
+        for size in range(len(keys) - 1, 0, -1):
+            if data.endswith(keys[:size]):
+                data, self._held = data[:-size], data[-size:]
+                break
+        return data
+
+    def _read_fd(self, size: int) -> bytes:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         poller.register(self._wake_read, select.POLLIN)
@@ -47,13 +87,16 @@ class FdReader:
             if self.fd not in events:
                 continue
             try:
-                return os.read(self.fd, size)
+                data = os.read(self.fd, size)
             except BlockingIOError:
                 continue  # someone else (a shell sharing the fd) took the bytes first
             except OSError as error:
                 if error.errno in (errno.EIO, errno.EBADF):
                     return b""  # the terminal hung up, or the fd is gone: that is EOF
                 raise
+            if data and self.on_data is not None:
+                self.on_data(data)
+            return data
         return b""
 
     read = read1

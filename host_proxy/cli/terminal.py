@@ -30,6 +30,16 @@ def terminal_fd(*candidates: int) -> int | None:
     return None
 
 
+def interrupt_key(fd: int) -> bytes | None:
+    """The key that sends SIGINT on the terminal ``fd`` as it is now (normally Ctrl-C), or None."""
+    try:
+        key = termios.tcgetattr(fd)[6][termios.VINTR]
+    except (termios.error, OSError):
+        return None
+    key = key if isinstance(key, bytes) else bytes([key])
+    return None if key in (b"", b"\0", b"\xff") else key  # _POSIX_VDISABLE: none
+
+
 def window_size(fd: int | None) -> tuple[int, int] | None:
     """``(rows, cols)`` of the terminal on ``fd``, or None if unknown (not a tty, or 0x0)."""
     if fd is None:

@@ -3,7 +3,10 @@
 Promise: these wrap :mod:`vm_images` (the same functions ``python -m
 vm_images`` calls, the same output) and add a progress display on stderr
 while an image builds or a VM boots: a live status line with the elapsed time
-when stderr is a terminal, plain lines otherwise (a log stays readable).
+only when stderr is a terminal (not ``TERM=dumb``), plain lines otherwise (a
+log stays readable). The live line is always erased before anything else is
+written to stderr — the build's own lines, uvmexec's log messages, the final
+"ready" line — so no line is ever written into the middle of it.
 Results go to stdout. Failures are one line: an image that cannot be built
 exits 125, a VM that does not boot exits 69; ``vm status`` exits 3 when no VM
 runs. :func:`running_or_booted` is the running VM's ``GuestInfo``, booting
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import shutil
 import sys
 import threading
@@ -31,8 +36,9 @@ class ProgressDisplay:
 
     def __init__(self, stream: IO[str] | None = None, live: bool | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty() if live is None else live
-        self._lock = threading.Lock()
+        self.live = is_live_terminal(self.stream) if live is None else live
+        self._lock = threading.RLock()
+        self._borrowed: list[logging.StreamHandler[Any]] = []
         self._stop = threading.Event()
         self._status = ""
         self._began = time.monotonic()
@@ -65,14 +71,15 @@ class ProgressDisplay:
                 self._draw()
             self.stream.flush()
         if self.live and self._ticker is None:
+            self._borrow_log_handlers()
             self._ticker = threading.Thread(target=self._tick, name="uvmexec-progress", daemon=True)
             self._ticker.start()
 
     def done(self, text: str) -> None:
         """Replace the status line by a final line."""
         with self._lock:
-            self._status = ""
             self._clear()
+            self._status = ""
             self.stream.write(f"uvmexec: {text}\n")
             self.stream.flush()
 
@@ -85,6 +92,19 @@ class ProgressDisplay:
             self._clear()
             self._status = ""
             self.stream.flush()
+        self._return_log_handlers()
+
+    def _borrow_log_handlers(self) -> None:
+        """Log lines (ours, the library's) go through :meth:`write` while the line is live."""
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
+                handler.setStream(self)  # type: ignore[arg-type]
+                self._borrowed.append(handler)
+
+    def _return_log_handlers(self) -> None:
+        for handler in self._borrowed:
+            handler.setStream(self.stream)
+        self._borrowed.clear()
 
     def _tick(self) -> None:
         frame = 0
@@ -115,6 +135,14 @@ class ProgressDisplay:
         self.close()
 
 
+def is_live_terminal(stream: IO[str]) -> bool:
+    """A terminal that can redraw a line in place."""
+    try:
+        return stream.isatty() and os.environ.get("TERM", "") not in ("", "dumb")
+    except (OSError, ValueError):
+        return False
+
+
 def _build(display: ProgressDisplay, cache_dir: Path | None = None, project_root: Path | None = None) -> Any:
     import vm_images
 
@@ -137,7 +165,7 @@ def _boot(display: ProgressDisplay, image: Any, **options: Any) -> Any:
     try:
         info = vm_images.up(image, **options)
     except (vm_images.GuestBootError, vm_images.QemuError) as error:
-        raise CliError(f"the VM did not boot: {error}", Exit.UNAVAILABLE) from None
+        raise CliError(f"the VM did not boot: {error}", Exit.FAILED) from None
     display.done(f"VM ready in {info.boot_seconds:.1f}s ({info.accel}), agent at {info.agent_endpoint}")
     return info
 
@@ -149,7 +177,7 @@ def running_or_booted(progress: bool = True, **options: Any) -> Any:
     info = vm_images.status()
     if info is not None:
         return info
-    with ProgressDisplay(live=sys.stderr.isatty() and progress) as display:
+    with ProgressDisplay(live=progress and is_live_terminal(sys.stderr)) as display:
         image = options.pop("image", None) or _build(display)
         return _boot(display, image, **options)
 

@@ -8,6 +8,8 @@ import pytest
 
 from tests.support.agent import AgentProcess, Keys
 
+from .terminal import terminals
+
 
 @pytest.fixture
 def curve_agent(tmp_path) -> Iterator[tuple[AgentProcess, Keys]]:
@@ -20,3 +22,10 @@ def curve_agent(tmp_path) -> Iterator[tuple[AgentProcess, Keys]]:
     finally:
         agent.stop()
 
+
+
+@pytest.fixture
+def terminal(tmp_path) -> Iterator:
+    """Run ``uvmexec`` in real terminals (see :mod:`tests.cli.terminal`): ``terminal(*args)``."""
+    with terminals(tmp_path) as start:
+        yield start

@@ -74,13 +74,48 @@ def test_ps_lists_what_the_agent_runs(tmp_path, busy_agent):
     endpoint, pid = busy_agent
     result = run_cli(["ps", "--guest", endpoint], tmp_path)
     assert result.returncode == 0, result.stderr
-    rows = [line.split() for line in result.stdout.decode().splitlines()]
-    assert rows[0] == ["TASK", "EXEC", "PID", "STATE", "EXIT"]
-    assert ["t1", "sleeper", str(pid), "running", "-"] in rows[1:]
-    assert ["t1", "done"] == rows[1][:2] and rows[1][3:] == ["exited", "4"]
-    listed = json.loads(run_cli(["ps", "--guest", endpoint, "--json"], tmp_path).stdout)
+    rows = [line.split("  ") for line in result.stdout.decode().splitlines()]
+    rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
+    assert rows[0] == ["TASK", "EXEC", "PID", "STATE", "EXIT", "COMMAND", "CREATED"]
+    assert rows[1:] == [["t1", "sleeper", str(pid), "running", "-", "sleep 60", rows[1][-1]]]  # running only
+    assert rows[1][-1].endswith("ago"), rows[1]
+    everything = run_cli(["ps", "-a", "--guest", endpoint], tmp_path).stdout.decode().splitlines()
+    assert [line.split()[:5] for line in everything[1:]] == [["t1", "done", everything[1].split()[2], "exited", "4"],
+                                                              ["t1", "sleeper", str(pid), "running", "-"]]
+    assert "sh -c 'exit 4'" in everything[1]
+    listed = json.loads(run_cli(["ps", "-a", "--guest", endpoint, "--json"], tmp_path).stdout)
     assert {(entry["id"], entry["exec_id"], entry["status"]) for entry in listed} == {
         ("t1", "sleeper", "running"), ("t1", "done", "exited")}
+    assert {tuple(entry["command"]) for entry in listed} == {("sleep", "60"), ("sh", "-c", "exit 4")}
+
+
+@pytest.mark.timeout(60)
+def test_ps_quiet_and_json_lines(tmp_path, busy_agent):
+    endpoint, _ = busy_agent
+    quiet = run_cli(["ps", "-q", "--guest", endpoint], tmp_path)
+    assert (quiet.returncode, quiet.stdout) == (0, b"t1/sleeper\n")
+    assert run_cli(["ps", "-aq", "--guest", endpoint], tmp_path).stdout == b"t1/done\nt1/sleeper\n"
+    lines = run_cli(["ps", "-a", "--format", "json", "--guest", endpoint], tmp_path).stdout.decode().splitlines()
+    objects = [json.loads(line) for line in lines]
+    assert [(entry["exec_id"], entry["status"]) for entry in objects] == [("done", "exited"), ("sleeper", "running")]
+    assert all(entry["created"].endswith("+00:00") for entry in objects)
+
+
+@pytest.mark.timeout(60)
+def test_ps_cuts_a_long_command_unless_told(tmp_path, ipc_agent):
+    endpoint = ipc_agent.endpoints[0]
+    with AgentClient.connect(endpoint) as client:
+        long = client.create_exec("t1", "long", ProcessSpec(args=["sh", "-c", "exec sleep 60", *["word"] * 100]))
+        long.start()
+        try:
+            cut = run_cli(["ps", "--guest", endpoint], tmp_path).stdout.decode().splitlines()[1]
+            assert "sh -c 'exec sleep 60' word wo…" in cut
+            whole = run_cli(["ps", "--no-trunc", "--guest", endpoint], tmp_path).stdout.decode()
+            assert "sh -c 'exec sleep 60' " + " ".join(["word"] * 47) + " w...  " in whole  # the agent keeps 256
+        finally:
+            long.kill(9)
+            long.wait(timeout=20)
+            long.delete()
 
 
 @pytest.mark.timeout(60)
@@ -91,10 +126,19 @@ def test_status_of_one_exec(tmp_path, busy_agent):
     status = json.loads(result.stdout)
     assert (status["id"], status["exec_id"], status["status"], status["exit_status"]) == ("t1", "done", "exited", 4)
     assert status["exited_at"].endswith("+00:00")
+    assert status["command"] == ["sh", "-c", "exit 4"]
     plain = run_cli(["status", "sleeper", "--guest", endpoint], tmp_path)  # an exec id one task uses
     assert plain.returncode == 0, plain.stderr
-    assert f"pid:         {pid}\n".encode() in plain.stdout
-    assert b"status:      running\n" in plain.stdout
+    lines = dict(line.split(":", 1) for line in plain.stdout.decode().splitlines())
+    shown = {key: value.strip() for key, value in lines.items()}
+    assert shown["pid"] == str(pid)
+    assert shown["status"] == "running"
+    assert shown["command"] == "sleep 60"
+    assert shown["terminal"] == "no"  # not Python's False
+    assert shown["exit_status"] == "-" and shown["exited_at"] == "-"  # not 255 while it runs
+    assert "stdin" not in shown and "bundle" not in shown  # nothing to say
+    done = run_cli(["status", "t1/done", "--guest", endpoint], tmp_path).stdout.decode()
+    assert "exit_status: 4\n" in done
     missing = run_cli(["status", "t1/nothing", "--guest", endpoint], tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.startswith(b"uvmexec: no exec 't1/nothing' on agent ipc://")

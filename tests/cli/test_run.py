@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import select
 import shutil
 import signal
 import subprocess
@@ -169,3 +172,162 @@ def test_uvmexec_guest_in_the_environment_picks_the_agent(tmp_path, ipc_agent):
     result = run_cli(["run", "--", "echo", "via env"], tmp_path, env=env)
     assert (result.returncode, result.stdout) == (0, b"via env\n"), result.stderr
     assert os.listdir(env["TMPDIR"]) == []  # no private agent was started
+
+
+def _late_writer(tmp_path) -> tuple[list[str], str]:
+    """A command that prints its pid and 'early', exits, and leaves behind a process that prints
+    'late' once something is written into the FIFO it returns (that process holds stdout open)."""
+    fifo = str(tmp_path / "go")
+    os.mkfifo(fifo)
+    return ["sh", "-c", f"echo $$ early; (read x < {fifo}; echo late) & exit 0"], fifo
+
+
+def _wait_gone(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([fd], [], [], 20)[0], f"{pid} did not exit"
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.timeout(60)
+def test_drain_timeout_zero_waits_for_output_written_after_the_exit(tmp_path):
+    command, fifo = _late_writer(tmp_path)
+    process = subprocess.Popen(UVMEXEC + ["run", "--drain-timeout", "0", "--", *command], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(tmp_path), cwd=ROOT)
+    try:
+        first = read_until(process.stdout.fileno(), b" early\n")
+        _wait_gone(int(first.split()[0]))  # the command itself has exited (the embedded agent runs it here)
+        with open(fifo, "w") as go:  # only now does what it left behind write
+            go.write("now\n")
+        assert reap(process) == 0
+        assert first + process.stdout.read() == first.split()[0] + b" early\nlate\n"
+        assert process.stderr.read() == b""
+    finally:
+        discard(process)
+
+
+@pytest.mark.timeout(60)
+def test_output_cut_off_by_the_drain_timeout_is_said_once(tmp_path):
+    command, fifo = _late_writer(tmp_path)
+    result = run_cli(["run", "--drain-timeout", "0.5", "--", *command], tmp_path)
+    try:
+        assert result.returncode == 0
+        assert result.stdout.endswith(b" early\n")
+        assert result.stderr.decode().count("\n") == 1
+        assert result.stderr.startswith(b"uvmexec: output written after the command exited was cut off after "
+                                        b"--drain-timeout 0.5s")
+    finally:
+        try:  # let what it left behind finish, if the private agent did not end it on the way out
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # ENXIO: nobody reads it any more
+            pass
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("value", ["-1", "nan", "3601"])
+def test_a_bad_drain_timeout_is_a_usage_error(tmp_path, value):
+    result = run_cli(["run", "--drain-timeout", value, "--", "true"], tmp_path)
+    assert result.returncode == 125
+    assert result.stderr.startswith(f"uvmexec: --drain-timeout {value}: give seconds".encode())
+
+
+def _identity(result) -> tuple[str, str, str, str]:
+    """(uid, gid, groups, HOME) as ``id -u; id -g; id -G; echo $HOME`` printed them."""
+    assert result.returncode == 0, result.stderr
+    uid, gid, groups, home = result.stdout.decode().splitlines()
+    return uid, gid, groups, home
+
+
+IDENTITY = ["--", "sh", "-c", 'id -u; id -g; id -G; echo "$HOME"']
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("user", ["nobody", "65534", "nobody:nogroup"])
+def test_a_user_is_looked_up_where_the_command_runs(tmp_path, ipc_agent, user):
+    # The agent here runs on this host: its passwd and group are the ones the test can read.
+    nobody = pwd.getpwnam("nobody")
+    result = run_cli(["run", "--guest", ipc_agent.endpoints[0], "--user", user, *IDENTITY], tmp_path)
+    assert _identity(result) == (str(nobody.pw_uid), str(nobody.pw_gid), str(nobody.pw_gid), nobody.pw_dir)
+    listed = run_cli(["ps", "-aq", "--guest", ipc_agent.endpoints[0]], tmp_path)
+    assert listed.stdout == b"", "the lookup left an exec behind"
+
+
+@pytest.mark.timeout(60)
+def test_a_user_gets_the_groups_that_list_it(tmp_path, ipc_agent):
+    member = next((group for group in grp.getgrall() if group.gr_mem and group.gr_mem[0] != "root"), None)
+    if member is None:
+        pytest.skip("no group on this host lists a member")
+    entry = pwd.getpwnam(member.gr_mem[0])
+    expected = {entry.pw_gid} | {group.gr_gid for group in grp.getgrall() if entry.pw_name in group.gr_mem}
+    result = run_cli(["run", "--guest", ipc_agent.endpoints[0], "--user", entry.pw_name, *IDENTITY], tmp_path)
+    _, _, groups, _ = _identity(result)
+    assert set(map(int, groups.split())) == expected
+
+
+@pytest.mark.timeout(60)
+def test_an_unknown_uid_runs_with_gid_0_and_home_slash_unless_told(tmp_path):
+    unused = next(uid for uid in range(40000, 50000) if uid not in {entry.pw_uid for entry in pwd.getpwall()})
+    result = run_cli(["run", "--user", str(unused), *IDENTITY], tmp_path)
+    assert _identity(result) == (str(unused), "0", "0", "/")
+    told = run_cli(["run", "--user", f"{unused}:{unused}", "--env", "HOME=/tmp", *IDENTITY], tmp_path)
+    assert _identity(told) == (str(unused), str(unused), str(unused), "/tmp")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("user", "words"), [
+    ("nosuchuser", "--user nosuchuser: no user 'nosuchuser' in /etc/passwd on the private agent"),
+    ("nobody:nosuchgroup", "--user nobody:nosuchgroup: no group 'nosuchgroup' in /etc/group on the private agent"),
+])
+def test_a_name_that_is_not_there(tmp_path, user, words):
+    result = run_cli(["run", "--user", user, "--", "true"], tmp_path)
+    assert result.returncode == 125
+    assert result.stderr.decode().startswith(f"uvmexec: {words}")
+
+
+@pytest.mark.timeout(60)
+def test_env_files_then_env_options(tmp_path):
+    first = tmp_path / "first.env"
+    first.write_text("# a comment\n\nA=from file\nB=b=c\n  C=indented\nFROM_MY_ENV\nNOT_SET_ANYWHERE\nPATH=/bin\n")
+    second = tmp_path / "second.env"
+    second.write_text("A=second file\n")
+    env = cli_env(tmp_path, FROM_MY_ENV="copied")
+    result = run_cli(["run", "--env-file", str(first), "--env-file", str(second), "--env", "B=option", "--",
+                      "env"], tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    environment = dict(line.split("=", 1) for line in lines)
+    assert len(environment) == len(lines), "a name was set twice"
+    assert (environment["A"], environment["B"], environment["C"]) == ("second file", "option", "indented")
+    assert environment["FROM_MY_ENV"] == "copied" and "NOT_SET_ANYWHERE" not in environment
+    assert environment["PATH"] == "/bin"  # ours replace the defaults
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("content", "words"), [(None, "no such file"),
+                                                ("GOOD=1\nBAD NAME=2\n", ":2: 'BAD NAME=2' is not NAME=VALUE")])
+def test_a_bad_env_file(tmp_path, content, words):
+    path = tmp_path / "x.env"
+    if content is not None:
+        path.write_text(content)
+    result = run_cli(["run", "--env-file", str(path), "--", "true"], tmp_path)
+    assert result.returncode == 125
+    assert result.stderr.decode().startswith(f"uvmexec: --env-file {path}")
+    assert words in result.stderr.decode()
+
+
+@pytest.mark.timeout(60)
+def test_what_a_command_leaves_behind_ends_with_the_private_agent(tmp_path):
+    env = cli_env(tmp_path)
+    result = run_cli(["run", "--", "sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    left = int(result.stdout)
+    try:
+        assert gone(left)  # the agent, not SIGKILLed while it had a child, ended it
+    finally:
+        if not gone(left):
+            os.kill(left, signal.SIGKILL)
+    assert os.listdir(env["TMPDIR"]) == []

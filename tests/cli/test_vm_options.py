@@ -21,7 +21,7 @@ EVERY_OPTION = {
     "down": ["--stop-timeout", "7"],
     "status": ["--json"],
 }
-_BOOKKEEPING = {"handler", "vm_command", "command", "debug", "debug_here"}
+_BOOKKEEPING = {"handler", "vm_command", "command", "subcommand", "debug", "debug_here"}
 
 
 def _vm_images_parser() -> argparse.ArgumentParser:

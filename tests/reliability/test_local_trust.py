@@ -195,7 +195,7 @@ def test_uvmexec_refuses_an_untrusted_ipc_endpoint_in_one_line(shared_tmp, tmp_p
         for endpoint, needle in [(f"ipc://{planted}/agent.sock", f"{planted} is owned by uid {NOBODY}"),
                                  (f"ipc://@uvm-test-{uuid.uuid4().hex}", "abstract socket")]:
             result = run_cli(["run", "--guest", endpoint, "--", "true"], tmp_path)
-            assert result.returncode == 77, result.stderr
+            assert result.returncode == 125, result.stderr
             assert result.stderr.count(b"\n") == 1 and needle.encode() in result.stderr, result.stderr
         assert not impostor.connected()
     finally:
@@ -347,6 +347,6 @@ def test_the_client_refuses_key_files_others_could_read_or_change(tcp_agent, key
 def test_uvmexec_refuses_a_client_secret_others_can_read(tcp_agent, keys, tmp_path):
     os.chmod(keys.client_secret, 0o640)
     result = run_cli(["run", "--guest", tcp_agent.endpoints[0], "--keys", keys.directory, "--", "true"], tmp_path)
-    assert result.returncode == 77
+    assert result.returncode == 125
     assert result.stderr.count(b"\n") == 1
     assert f"chmod 600 {keys.client_secret}".encode() in result.stderr, result.stderr

@@ -154,7 +154,7 @@ class ContainerExecs:
     def __init__(self, new_task: Callable[[str, Any], Any] | None = None) -> None:
         import tempfile
 
-        self.task_id = f"conformance-{os.getpid()}"
+        self.task_id = f"conformance-{os.getpid()}-{next(_ids)}"
         self._new_task = new_task or _local_task
         self._directory = tempfile.mkdtemp(prefix="uvm-conformance-runc-")
         self._tasks: dict[str, Any] = {}
@@ -181,14 +181,21 @@ class ContainerExecs:
         return self._task(task_id).create_exec(exec_id, spec, stdio, **options)  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        """Delete every container; a container that cannot be deleted fails loudly, after the
+        others were deleted (it would hold its id and its runc state)."""
         import shutil
 
-        for task in self._tasks.values():
+        failures = []
+        for task_id, task in self._tasks.items():
             with contextlib.suppress(ExecError):
                 task.init.force_exit(255)
-            with contextlib.suppress(ExecError):
+            try:
                 task.delete()
+            except ExecError as error:
+                failures.append(f"{task_id}: {type(error).__name__}: {error}")
+        self._tasks.clear()
         shutil.rmtree(self._directory, ignore_errors=True)
+        assert not failures, f"containers left behind: {failures}"
 
 
 def _local_task(task_id: str, bundle: Any) -> Any:

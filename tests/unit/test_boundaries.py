@@ -1,5 +1,5 @@
 """The package boundaries: guest_agent and host_proxy never import each other, the guest side never
-imports paramiko, and the benchmarks never import the test suite (``python -m bench`` runs from a
+imports paramiko or protobuf (``google``: the containerd shim's, host only), and the benchmarks never import the test suite (``python -m bench`` runs from a
 checkout, but the tests are free to change under it)."""
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def _imported_modules(package: str) -> dict[str, set[str]]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("guest_agent", {"host_proxy", "paramiko"}),
-        ("common", {"host_proxy", "guest_agent", "paramiko"}),
+        ("guest_agent", {"host_proxy", "paramiko", "google"}),
+        ("common", {"host_proxy", "guest_agent", "paramiko", "google"}),
         ("host_proxy", {"guest_agent"}),
         ("bench", {"tests"}),
     ],
@@ -48,7 +48,7 @@ import importlib, pkgutil, sys
 sys.path.insert(0, {str(ROOT)!r})
 class Refuse:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("host_proxy", "paramiko"):
+        if name.split(".")[0] in ("host_proxy", "paramiko", "google"):
             raise ImportError("forbidden in the guest: " + name)
 sys.meta_path.insert(0, Refuse())
 import guest_agent

@@ -1,0 +1,313 @@
+"""``containerd.task.v2.Task``, mapped thinly onto the task and exec contract.
+
+Each method decodes its protobuf request, calls a :class:`~common.Task` or
+:class:`~common.Exec`, and encodes the answer; the contract's errors become
+gRPC status codes (:data:`ERROR_CODES`), which containerd turns back into its
+own errdefs errors. No rule about processes lives here: the task and its
+execs enforce them, the same for every isolation.
+
+Events (containerd's runtime v2 shim protocol): /tasks/create after Create,
+/tasks/start and /tasks/exec-started from the execs' ``ExecStarted``,
+/tasks/exec-added after Exec, /tasks/exit from ``ExecExited`` — which the exec
+contract publishes before it releases waiters, and ``Wait`` answers only once
+it was forwarded — and /tasks/delete after the Delete of a task.
+
+``State`` is served from memory (``Exec.status()``), never a round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError, Message
+
+from common.contract import Exec
+from common.errors import (
+    AlreadyExistsError,
+    DeadlineExceededError,
+    ExecError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    UnimplementedError,
+    not_found_error,
+    task_not_found_error,
+)
+from common.spec import ProcessSpec, Stdio
+from common.state import ExecEvent, ExecExited, ExecStarted, ExecState, ExecStatus
+from common.task import Mount, Task
+
+from . import isolation, ttrpc
+from .events import Publisher, timestamp
+from .proto import events_pb2, shim_pb2, task_types_pb2
+
+LOG = logging.getLogger(__name__)
+
+SERVICE = "containerd.task.v2.Task"
+PROCESS_SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+
+ERROR_CODES: dict[type[ExecError], int] = {
+    NotFoundError: ttrpc.NOT_FOUND,
+    AlreadyExistsError: ttrpc.ALREADY_EXISTS,
+    FailedPreconditionError: ttrpc.FAILED_PRECONDITION,
+    InvalidArgumentError: ttrpc.INVALID_ARGUMENT,
+    UnavailableError: ttrpc.UNAVAILABLE,
+    DeadlineExceededError: ttrpc.DEADLINE_EXCEEDED,
+    UnimplementedError: ttrpc.UNIMPLEMENTED,
+}
+
+#: Keys of an Exec's Process JSON that ``ctr``/CRI copy from the container's own process: when equal to
+#: the container's, they are what runc exec inherits anyway, so they are dropped rather than refused.
+INHERITED_PROCESS_KEYS = ("capabilities", "apparmorProfile", "selinuxLabel", "oomScoreAdj")
+
+_STATUS = {
+    ExecState.CREATED: task_types_pb2.CREATED,
+    ExecState.RUNNING: task_types_pb2.RUNNING,
+    ExecState.EXITED: task_types_pb2.STOPPED,
+}
+
+#: Makes a task: (task id, bundle, init's stdio, rootfs mounts, on_event) -> Task.
+TaskFactory = Callable[[str, str, Stdio, list[Mount], Callable[[ExecEvent], None]], Task]
+
+
+def rpc_error(error: ExecError) -> ttrpc.RpcError:
+    for cls in type(error).__mro__:
+        if cls in ERROR_CODES:
+            return ttrpc.RpcError(ERROR_CODES[cls], error.message)
+    return ttrpc.RpcError(ttrpc.UNKNOWN, error.message)
+
+
+@dataclass
+class _TaskRecord:
+    task: Task
+    container_process: dict[str, Any]
+    execs: dict[str, Exec] = field(default_factory=dict)  # guarded by TaskService._lock
+
+
+def _stdio(stdin: str, stdout: str, stderr: str, terminal: bool) -> Stdio:
+    # With a terminal, the pty carries both outputs: containerd's stderr FIFO stays unused.
+    return Stdio(stdin=stdin or None, stdout=stdout or None, stderr=None if terminal else (stderr or None))
+
+
+class TaskService:
+    """The shim's task service. ``factories`` maps an isolation to the tasks it makes."""
+
+    def __init__(self, publisher: Publisher, factories: dict[str, TaskFactory], *, options_path: str = "",
+                 on_shutdown: Callable[[], None] = lambda: None) -> None:
+        self._publisher = publisher
+        self._factories = factories
+        self._options_path = options_path
+        self._on_shutdown = on_shutdown
+        self._lock = threading.Lock()
+        self._tasks: dict[str, _TaskRecord] = {}  # guarded by _lock
+
+    def methods(self) -> dict[str, ttrpc.Method]:
+        """The ttRPC method table: each decodes its request type and encodes the answer."""
+        table: dict[str, tuple[type[Message], Callable[[Any], Message]]] = {
+            "State": (shim_pb2.StateRequest, self.state),
+            "Create": (shim_pb2.CreateTaskRequest, self.create),
+            "Start": (shim_pb2.StartRequest, self.start),
+            "Delete": (shim_pb2.DeleteRequest, self.delete),
+            "Pids": (shim_pb2.PidsRequest, self.pids),
+            "Kill": (shim_pb2.KillRequest, self.kill),
+            "Exec": (shim_pb2.ExecProcessRequest, self.exec),
+            "ResizePty": (shim_pb2.ResizePtyRequest, self.resize_pty),
+            "CloseIO": (shim_pb2.CloseIORequest, self.close_io),
+            "Wait": (shim_pb2.WaitRequest, self.wait),
+            "Connect": (shim_pb2.ConnectRequest, self.connect),
+            "Shutdown": (shim_pb2.ShutdownRequest, self.shutdown),
+        }
+        methods: dict[str, ttrpc.Method] = {name: self._method(*entry) for name, entry in table.items()}
+        for name in ("Pause", "Resume", "Checkpoint", "Update", "Stats"):
+            methods[name] = self._unimplemented(name)
+        return methods
+
+    @staticmethod
+    def _method(request_type: type[Message], handler: Callable[[Any], Message]) -> ttrpc.Method:
+        def method(payload: bytes) -> bytes:
+            request = request_type()
+            try:
+                request.ParseFromString(payload)
+            except DecodeError as error:
+                raise ttrpc.RpcError(ttrpc.INVALID_ARGUMENT, f"{request_type.__name__}: {error}") from None
+            try:
+                return handler(request).SerializeToString()
+            except ExecError as error:
+                raise rpc_error(error) from None
+        return method
+
+    @staticmethod
+    def _unimplemented(name: str) -> ttrpc.Method:
+        def method(payload: bytes) -> bytes:
+            raise ttrpc.RpcError(ttrpc.UNIMPLEMENTED, f"{name} is not implemented by containerd-shim-uvmexec-v1")
+        return method
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def _record(self, task_id: str) -> _TaskRecord:
+        with self._lock:
+            record = self._tasks.get(task_id)
+        if record is None:
+            raise task_not_found_error(task_id)
+        return record
+
+    def _exec(self, task_id: str, exec_id: str) -> Exec:
+        record = self._record(task_id)
+        if not exec_id:
+            return record.task.init
+        with self._lock:
+            found = record.execs.get(exec_id)
+        if found is None:
+            raise not_found_error(task_id, exec_id)
+        return found
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _on_event(self, task_id: str) -> Callable[[ExecEvent], None]:
+        def on_event(event: ExecEvent) -> None:
+            init = event.exec_id == task_id
+            if isinstance(event, ExecStarted):
+                if init:
+                    self._publisher.publish("/tasks/start", events_pb2.TaskStart(container_id=task_id, pid=event.pid))
+                else:
+                    self._publisher.publish("/tasks/exec-started", events_pb2.TaskExecStarted(
+                        container_id=task_id, exec_id=event.exec_id, pid=event.pid))
+            elif isinstance(event, ExecExited):
+                self._publisher.publish("/tasks/exit", events_pb2.TaskExit(
+                    container_id=task_id, id=event.exec_id, pid=event.pid, exit_status=event.exit_status,
+                    exited_at=timestamp(event.exited_at)))
+        return on_event
+
+    # -- the methods ----------------------------------------------------------------------------
+
+    def create(self, request: shim_pb2.CreateTaskRequest) -> shim_pb2.CreateTaskResponse:
+        if request.checkpoint or request.parent_checkpoint:
+            raise UnimplementedError("Create from a checkpoint is not implemented by containerd-shim-uvmexec-v1")
+        chosen = isolation.choose(request.bundle, self._options_path)
+        mounts = [Mount(mount.type, mount.source, list(mount.options)) for mount in request.rootfs]
+        with self._lock:
+            if request.id in self._tasks:
+                raise AlreadyExistsError(f"task with id: '{request.id}' already exists")
+        task = self._factories[chosen](request.id, request.bundle,
+                                       _stdio(request.stdin, request.stdout, request.stderr, request.terminal),
+                                       mounts, self._on_event(request.id))
+        with self._lock:
+            self._tasks[request.id] = _TaskRecord(task, _container_process(request.bundle))
+        self._publisher.publish("/tasks/create", events_pb2.TaskCreate(
+            container_id=request.id, bundle=request.bundle, rootfs=request.rootfs,
+            io=events_pb2.TaskIO(stdin=request.stdin, stdout=request.stdout, stderr=request.stderr,
+                                 terminal=request.terminal)))
+        return shim_pb2.CreateTaskResponse(pid=0)
+
+    def start(self, request: shim_pb2.StartRequest) -> shim_pb2.StartResponse:
+        process = self._exec(request.id, request.exec_id)
+        process.start()
+        return shim_pb2.StartResponse(pid=process.pid)
+
+    def exec(self, request: shim_pb2.ExecProcessRequest) -> empty_pb2.Empty:
+        record = self._record(request.id)
+        spec = _process_spec(request, record.container_process)
+        stdio = _stdio(request.stdin, request.stdout, request.stderr, spec.terminal)
+        created = record.task.create_exec(request.exec_id, spec, stdio, on_event=self._on_event(request.id))
+        with self._lock:
+            record.execs[request.exec_id] = created
+        self._publisher.publish("/tasks/exec-added", events_pb2.TaskExecAdded(
+            container_id=request.id, exec_id=request.exec_id))
+        return empty_pb2.Empty()
+
+    def state(self, request: shim_pb2.StateRequest) -> shim_pb2.StateResponse:
+        status = self._exec(request.id, request.exec_id).status()
+        response = shim_pb2.StateResponse(
+            id=status.id, exec_id=request.exec_id, bundle=status.bundle, pid=status.pid,
+            status=_STATUS[status.status], stdin=status.stdin, stdout=status.stdout, stderr=status.stderr,
+            terminal=status.terminal, exit_status=status.exit_status)
+        if status.exited_at is not None:
+            response.exited_at.CopyFrom(timestamp(status.exited_at))
+        return response
+
+    def kill(self, request: shim_pb2.KillRequest) -> empty_pb2.Empty:
+        self._exec(request.id, request.exec_id).kill(request.signal, all=request.all)
+        return empty_pb2.Empty()
+
+    def resize_pty(self, request: shim_pb2.ResizePtyRequest) -> empty_pb2.Empty:
+        self._exec(request.id, request.exec_id).resize_pty(request.width, request.height)
+        return empty_pb2.Empty()
+
+    def close_io(self, request: shim_pb2.CloseIORequest) -> empty_pb2.Empty:
+        if request.stdin:
+            self._exec(request.id, request.exec_id).close_io(stdin=True)
+        return empty_pb2.Empty()
+
+    def wait(self, request: shim_pb2.WaitRequest) -> shim_pb2.WaitResponse:
+        final = self._exec(request.id, request.exec_id).wait()
+        self._publisher.flush()  # /tasks/exit was queued before wait() returned: let it reach containerd first
+        return shim_pb2.WaitResponse(exit_status=final.exit_status, exited_at=timestamp(final.exited_at))
+
+    def delete(self, request: shim_pb2.DeleteRequest) -> shim_pb2.DeleteResponse:
+        record = self._record(request.id)
+        final: ExecStatus
+        if request.exec_id:
+            final = self._exec(request.id, request.exec_id).delete()
+            with self._lock:
+                record.execs.pop(request.exec_id, None)
+        else:
+            final = record.task.delete()
+            with self._lock:
+                if self._tasks.get(request.id) is record:
+                    del self._tasks[request.id]
+            self._publisher.publish("/tasks/delete", events_pb2.TaskDelete(
+                container_id=request.id, pid=final.pid, exit_status=final.exit_status,
+                exited_at=timestamp(final.exited_at)))
+        return shim_pb2.DeleteResponse(pid=final.pid, exit_status=final.exit_status,
+                                       exited_at=timestamp(final.exited_at))
+
+    def pids(self, request: shim_pb2.PidsRequest) -> shim_pb2.PidsResponse:
+        processes = self._record(request.id).task.pids()
+        return shim_pb2.PidsResponse(processes=[task_types_pb2.ProcessInfo(pid=info.pid) for info in processes])
+
+    def connect(self, request: shim_pb2.ConnectRequest) -> shim_pb2.ConnectResponse:
+        with self._lock:
+            record = self._tasks.get(request.id)
+        task_pid = record.task.init.status().pid if record is not None else 0
+        return shim_pb2.ConnectResponse(shim_pid=os.getpid(), task_pid=task_pid)
+
+    def shutdown(self, request: shim_pb2.ShutdownRequest) -> empty_pb2.Empty:
+        # As the runc shim: a shim that still holds tasks stays, unless told `now`.
+        with self._lock:
+            busy = bool(self._tasks)
+        if request.now or not busy:
+            self._on_shutdown()
+        return empty_pb2.Empty()
+
+
+def _container_process(bundle: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as config_file:
+            process = json.load(config_file).get("process")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return process if isinstance(process, dict) else {}
+
+
+def _process_spec(request: shim_pb2.ExecProcessRequest, container_process: dict[str, Any]) -> ProcessSpec:
+    """The exec's ProcessSpec from the Process JSON in ``request.spec`` (an InvalidArgumentError naming what is wrong)."""
+    if not request.spec.type_url.endswith("/Process") and request.spec.type_url != PROCESS_SPEC_TYPE:
+        raise InvalidArgumentError(f"exec spec: type {request.spec.type_url!r} is not an OCI Process")
+    try:
+        process = json.loads(request.spec.value)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise InvalidArgumentError(f"exec spec: not JSON: {error}") from None
+    if isinstance(process, dict):
+        for key in INHERITED_PROCESS_KEYS:
+            if key in process and process[key] == container_process.get(key):
+                del process[key]
+        process["terminal"] = request.terminal
+    return ProcessSpec.from_oci(process)

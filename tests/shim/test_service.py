@@ -1,0 +1,98 @@
+"""The Task service on a real LocalTask, with a fake containerd events service: what Wait promises."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from common import ProcessSpec
+from common.errors import ExecError
+from host_proxy.local_task import LocalTask
+from host_proxy.shim import isolation, ttrpc
+from host_proxy.shim.events import EVENTS_SERVICE, Publisher
+from host_proxy.shim.proto import events_service_pb2, mount_pb2, shim_pb2
+from host_proxy.shim.service import TaskService
+from tests.tasks.helpers import mounts_at_or_under, runc_ids
+from vm_images.busybox import make_bundle
+
+
+class FakeContainerd:
+    """containerd's ttRPC events service: records topics; holds /tasks/exit until released."""
+
+    def __init__(self, path: str) -> None:
+        self.topics: list[str] = []
+        self.exit_arrived = threading.Event()
+        self.release_exit = threading.Event()
+        self._server = ttrpc.Server({EVENTS_SERVICE: {"Forward": self._forward}})
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen()
+        self._thread = threading.Thread(target=self._server.serve, args=(self._listener,))
+        self._thread.start()
+
+    def _forward(self, payload: bytes) -> bytes:
+        topic = events_service_pb2.ForwardRequest.FromString(payload).envelope.topic
+        if topic == "/tasks/exit":
+            self.exit_arrived.set()
+            assert self.release_exit.wait(30)
+        self.topics.append(topic)
+        return b""
+
+    def close(self) -> None:
+        self.release_exit.set()
+        self._server.close()
+        self._thread.join(10)
+        self._listener.close()
+
+
+@pytest.fixture
+def fake_containerd(tmp_path) -> Iterator[FakeContainerd]:
+    fake = FakeContainerd(str(tmp_path / "events.sock"))
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def test_wait_answers_only_after_containerd_took_the_exit_event(tmp_path, fake_containerd: FakeContainerd) -> None:
+    bundle = make_bundle(tmp_path / "bundle", ProcessSpec(args=["sh", "-c", "exit 3"], env=["PATH=/bin"]))
+    config_path = os.path.join(bundle.path, "config.json")
+    with open(config_path) as config_file:
+        config = json.load(config_file)
+    config["annotations"] = {isolation.ANNOTATION: isolation.PROCESS}
+    with open(config_path, "w") as config_file:
+        json.dump(config, config_file)
+    publisher = Publisher(str(tmp_path / "events.sock"), "default")
+    service = TaskService(publisher, {isolation.PROCESS: lambda task_id, path, stdio, mounts, on_event: LocalTask(
+        task_id, path, stdio, rootfs=mounts, on_event=on_event)})
+    task_id = f"uvmexec-shim-test-{os.getpid()}"
+    rootfs = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
+              for mount in bundle.rootfs]
+    try:
+        service.create(shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=rootfs))
+        answers: list[shim_pb2.WaitResponse] = []
+        waiter = threading.Thread(target=lambda: answers.append(service.wait(shim_pb2.WaitRequest(id=task_id))))
+        waiter.start()
+        service.start(shim_pb2.StartRequest(id=task_id))
+        assert fake_containerd.exit_arrived.wait(30)
+        waiter.join(0.5)  # the exit event is held at containerd: Wait must still be waiting
+        assert answers == [] and waiter.is_alive()
+        fake_containerd.release_exit.set()
+        waiter.join(30)
+        assert [answer.exit_status for answer in answers] == [3]
+        service.delete(shim_pb2.DeleteRequest(id=task_id))
+        publisher.flush()
+        assert fake_containerd.topics == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    finally:
+        fake_containerd.release_exit.set()
+        with contextlib.suppress(ExecError):  # the test failed before its own delete
+            service.delete(shim_pb2.DeleteRequest(id=task_id))
+        publisher.close()
+    assert task_id not in runc_ids()
+    assert mounts_at_or_under(bundle.path) == []
