@@ -35,6 +35,7 @@ FAMILIES = {
     "lost_agent": "bench.lost_agent",
     "tasks": "bench.tasks",
     "guest": "bench.guest",
+    "guest-tasks": "bench.guest_tasks",
     "cli": "bench.cli",
 }
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["AgentClient", "LocalExec", "LocalTask", "ProxiedExec", "ProxiedTask"]
+__all__ = ["AgentClient", "BundleShare", "LocalExec", "LocalTask", "ProxiedExec", "ProxiedTask"]
 
-_WHERE = {"AgentClient": ".client", "LocalExec": ".local_exec", "LocalTask": ".local_task",
+_WHERE = {"AgentClient": ".client", "BundleShare": ".shared_bundle", "LocalExec": ".local_exec", "LocalTask": ".local_task",
           "ProxiedExec": ".proxied_exec", "ProxiedTask": ".proxied_task"}
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .local_task import LocalTask
     from .proxied_exec import ProxiedExec
     from .proxied_task import ProxiedTask
+    from .shared_bundle import BundleShare
 
 
 def __getattr__(name: str) -> Any:

@@ -43,6 +43,7 @@ from .loop_thread import LoopThread, shared_loop
 from .proxied_exec import ProxiedExec
 from .proxied_task import ProxiedTask
 from .remote_exec import RemoteExec
+from .shared_bundle import BundleShare, SharedBundle
 from .stdio import StdioEnds, check_creation, check_exec_ids, check_task_creation, open_stdio
 
 
@@ -355,22 +356,46 @@ class AgentClient(AgentLink):
         stdio: Stdio | None = None,
         *,
         rootfs: Sequence[Mount] | None = None,
+        share: BundleShare | None = None,
         on_event: Callable[[ExecEvent], None] | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> ProxiedTask:
-        """Create a container on the agent from the OCI bundle at ``bundle`` (a path on the
-        agent's machine), run by runc there; ``stdio``, ``on_event`` and ``drain_timeout`` are
-        its init's. The agent checks the bundle's config.json and mounts ``rootfs`` onto
-        ``bundle/rootfs`` now (errors are raised here); ``task.init.start()`` starts it."""
+        """Create a container on the agent from the OCI bundle at ``bundle``, run by runc there;
+        ``stdio``, ``on_event`` and ``drain_timeout`` are its init's. ``task.init.start()`` starts it.
+
+        Without ``share``, ``bundle`` is a path on the agent's machine: the agent checks its
+        config.json and mounts ``rootfs`` onto ``bundle/rootfs`` now (errors are raised here).
+        With ``share`` (a guest's virtio-9p share, :class:`~host_proxy.BundleShare`), ``bundle``
+        is a path on this host: this host checks it, mounts ``rootfs`` under the share and the
+        agent runs runc on the guest's path of it (:mod:`host_proxy.shared_bundle`); all of it
+        is unmounted and removed at ``delete()``."""
         bundle_path, mounts, stdio, drain_timeout = check_task_creation(task_id, bundle, rootfs, stdio,
                                                                         drain_timeout)
+        placed: SharedBundle | None = None
+        if share is not None:
+            if not isinstance(share, BundleShare):
+                raise InvalidArgumentError(f"share must be a BundleShare, not {type(share).__name__}")
+            with self._live_lock:
+                if (task_id, task_id) in self._live:
+                    raise already_exists_error(task_id, task_id)
+            placed = SharedBundle(share, task_id, os.path.abspath(bundle_path), mounts)
+        try:
+            return self._create_task(task_id, bundle_path, mounts, stdio, drain_timeout, on_event, placed)
+        except BaseException:
+            if placed is not None:
+                placed.remove()
+            raise
+
+    def _create_task(self, task_id: str, bundle_path: str, mounts: list[Mount], stdio: Stdio,
+                     drain_timeout: float, on_event: Callable[[ExecEvent], None] | None,
+                     placed: SharedBundle | None) -> ProxiedTask:
         ends = self._reserve(task_id, task_id, stdio)
         handle = self._new_handle()
         fields = {
             "task": task_id,
             "h": handle,
-            "bundle": bundle_path,
-            "rootfs": [protocol.mount_to_wire(mount) for mount in mounts],
+            "bundle": placed.guest_path if placed is not None else bundle_path,
+            "rootfs": [] if placed is not None else [protocol.mount_to_wire(mount) for mount in mounts],
             "stdio": {"stdin": ends.stdin is not None, "stdout": ends.stdout is not None,
                       "stderr": ends.stderr is not None},
             "paths": list(ends.paths),
@@ -391,7 +416,7 @@ class AgentClient(AgentLink):
         self._conn.execs[handle] = remote
         with self._live_lock:
             self._live[(task_id, task_id)] = remote
-        return ProxiedTask(self, remote)
+        return ProxiedTask(self, remote, on_delete=placed.remove if placed is not None else None)
 
     def attach(
         self,

@@ -53,14 +53,18 @@ class _TaskInit(ProxiedExec):
     def delete(self) -> ExecStatus:
         final = super().delete()
         self._task._end_execs()
+        if self._task._on_delete is not None:
+            self._task._on_delete()  # the agent has let go of the bundle: the host's part goes
         return final
 
 
 class ProxiedTask(Task):
     """A container behind an agent. See :class:`common.Task` for the rules."""
 
-    def __init__(self, client: AgentClient, init_record: RemoteExec) -> None:
+    def __init__(self, client: AgentClient, init_record: RemoteExec, *,
+                 on_delete: Callable[[], None] | None = None) -> None:
         self._client = client
+        self._on_delete = on_delete
         self._id = init_record.task_id
         self._bundle = init_record.bundle
         self._init = _TaskInit(client, init_record, self)

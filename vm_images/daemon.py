@@ -30,8 +30,8 @@ from typing import Any
 
 from . import settings
 from .image import ImagePaths
-from .launch import Guest, GuestInfo
-from .qemu import QemuProcess
+from .launch import Guest, GuestInfo, release_share
+from .qemu import SHARE_DIR, QemuProcess
 
 STATE_FILE = "state.json"
 RUN_DIR = "run"
@@ -72,6 +72,7 @@ def _running(directory: Path) -> tuple[GuestInfo, QemuProcess] | None:
 
 def _clear(directory: Path) -> None:
     (directory / STATE_FILE).unlink(missing_ok=True)
+    release_share(directory / RUN_DIR / SHARE_DIR)  # rmtree would enter a task's rootfs still mounted there
     shutil.rmtree(directory / RUN_DIR, ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ happened, with the tails of the serial console and QEMU's own log.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -34,7 +35,7 @@ from . import settings
 from .image import ImagePaths, build_image
 from .keys import KeyFiles, drop_guest_secrets, generate_keys, guest_bundle
 from .probe import AgentProbe, NotReady, ProbeFailed, agent_hello, ssh_banner
-from .qemu import HOSTFWD_FAILURE, QEMU_BINARY, QemuConfig, QemuError, QemuProcess
+from .qemu import HOSTFWD_FAILURE, QEMU_BINARY, SHARE_DIR, QemuConfig, QemuError, QemuProcess
 from .qmp import Qmp, QmpError
 
 _T = TypeVar("_T")
@@ -42,6 +43,8 @@ _T = TypeVar("_T")
 PROBE_ATTEMPT_SECONDS = 2.0
 RETRY_PAUSE_SECONDS = 0.2
 PORT_ATTEMPTS = 3
+#: Mounts taken off a VM's share when it stops, at most (each task not deleted left one or a few).
+MAX_SHARE_MOUNTS = 1024
 KEY_DIR = "keys"  # in the run directory: this boot's host-side keys
 # QEMU run states after which the guest will not come up by itself.
 DEAD_RUN_STATES = {"internal-error", "guest-panicked", "shutdown", "io-error"}
@@ -74,6 +77,8 @@ class GuestInfo:
     pid: int                     # QEMU's pid
     kernel_release: str
     image_dir: Path
+    share_dir: Path              # host side of the guest's share (virtio-9p), 0700
+    guest_share_dir: str         # where the guest sees it (settings.GUEST_SHARE_DIR)
 
     def to_json(self) -> dict[str, Any]:
         return {key: str(value) if isinstance(value, Path) else value
@@ -155,10 +160,13 @@ class Guest:
             self._process = None
         if self._run_dir is None or self._handed_over:
             return
+        # Before any rmtree: one that entered a task's rootfs still mounted there would delete its files.
+        release_share(self._run_dir / SHARE_DIR)
         if self._given_run_dir is None:
             shutil.rmtree(self._run_dir, ignore_errors=True)
         else:
             shutil.rmtree(self._run_dir / KEY_DIR, ignore_errors=True)
+            shutil.rmtree(self._run_dir / SHARE_DIR, ignore_errors=True)
 
     def detach(self) -> GuestInfo:
         """Leave the started VM running on its own and release every handle on it.
@@ -222,6 +230,7 @@ class Guest:
         failure = ""
         for _attempt in range(PORT_ATTEMPTS):
             keys = generate_keys(self._run_dir / KEY_DIR)
+            (self._run_dir / SHARE_DIR).mkdir(mode=0o700)
             config = QemuConfig(image=image, run_dir=self._run_dir, agent_port=_free_port(),
                                 ssh_port=_free_port(), accel=accel,
                                 memory_mb=self._memory_mb, cpus=self._cpus)
@@ -274,8 +283,35 @@ class Guest:
             run_dir=config.run_dir, boot_id=boot_id, boot_seconds=round(boot_seconds, 2),
             ssh_seconds=None if ssh_seconds is None else round(ssh_seconds, 2),
             accel=config.accel, pid=self._process.pid, kernel_release=image.kernel_release,
-            image_dir=image.directory,
+            image_dir=image.directory, share_dir=config.share_dir,
+            guest_share_dir=settings.GUEST_SHARE_DIR,
         )
+
+
+def release_share(share_dir: Path) -> list[str]:
+    """Take every mount off ``share_dir`` and below (a task not deleted leaves its rootfs mounted
+    there; detached if busy) and return the mount points taken off. Call it before deleting the
+    directory: ``shutil.rmtree`` crosses mount points, into the tasks' roots."""
+    from common.supervisor.mounts import unmount  # only a VM that ran tasks needs it
+
+    taken: list[str] = []
+    for _ in range(MAX_SHARE_MOUNTS):
+        points = _mounts_under(str(share_dir))
+        if not points:
+            return taken
+        deepest = max(points, key=lambda point: point.count("/"))
+        unmount(deepest, 1)
+        taken.append(deepest)
+    raise RuntimeError(f"{share_dir} still has mounts after {MAX_SHARE_MOUNTS} were taken off")
+
+
+def _mounts_under(path: str) -> list[str]:
+    prefix = path.rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as mountinfo:
+        # mountinfo escapes space, tab, newline and backslash in octal.
+        points = [re.sub(r"\\([0-7]{3})", lambda match: chr(int(match[1], 8)), line.split()[4])
+                  for line in mountinfo]
+    return [point for point in points if point == path or point.startswith(prefix)]
 
 
 class _PortTaken(Exception):

@@ -46,6 +46,7 @@ DAEMONIZE_TIMEOUT = 30.0
 # How long stop() waits for another process (init, a subreaper) to reap a QEMU that has exited.
 REAP_TIMEOUT = 5.0
 HOSTFWD_FAILURE = "Could not set up host forwarding rule"
+SHARE_DIR = "share"  # in the run directory: exported to the guest over virtio-9p
 
 
 class QemuError(RuntimeError):
@@ -80,6 +81,11 @@ class QemuConfig:
         return self.run_dir / "qemu.log"
 
     @property
+    def share_dir(self) -> Path:
+        """The host directory the guest mounts at ``settings.GUEST_SHARE_DIR`` (virtio-9p)."""
+        return self.run_dir / SHARE_DIR
+
+    @property
     def pidfile(self) -> Path:
         return self.run_dir / "qemu.pid"
 
@@ -111,6 +117,10 @@ class QemuConfig:
             "-device", "virtio-serial-pci",
             "-chardev", f"socket,id=qga0,path={self.qga_socket},server=on,wait=off",
             "-device", f"virtserialport,chardev=qga0,name={settings.QGA_PORT_NAME}",
+            # The share: passthrough keeps the guest's owners and modes on the host's
+            # files (QEMU runs as root), so the guest's root can write overlay upper dirs.
+            "-fsdev", f"local,id=share0,path={self.share_dir},security_model=passthrough,multidevs=remap",
+            "-device", f"virtio-9p-pci,fsdev=share0,mount_tag={settings.SHARE_MOUNT_TAG}",
             "-serial", f"file:{self.serial_log}",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             *keys,

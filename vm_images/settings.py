@@ -25,6 +25,8 @@ PACKAGES: tuple[str, ...] = (
     "python3-msgpack",
     "openssh-server",
     "qemu-guest-agent",
+    # Runs tasks (containers) inside the guest: hypervisor isolation.
+    "runc",
 )
 
 # The metapackage whose dependency names the current kernel ABI
@@ -41,6 +43,11 @@ KERNEL_MODULES: tuple[str, ...] = (
     "virtio_rng",
     # /sys/firmware/qemu_fw_cfg: the guest reads its per-boot keys there.
     "qemu_fw_cfg",
+    # The host's share (virtio-9p), where task bundles are placed; overlay for
+    # container roots made inside the guest.
+    "9p",
+    "9pnet_virtio",
+    "overlay",
 )
 
 # Inside the guest.
@@ -57,6 +64,12 @@ KEYS_FW_CFG_NAME = "opt/uvmexec/keys"
 GUEST_INIT = "/sbin/uvm-init"
 GUEST_BUSYBOX = "/usr/local/sbin/busybox"
 GUEST_HOSTNAME = "uvmexec-guest"
+# One host directory per VM, exported over virtio-9p with this mount tag and
+# mounted by PID 1 at GUEST_SHARE_DIR (see qemu.py and guest/uvm-init.sh).
+SHARE_MOUNT_TAG = "uvmexec-share"
+GUEST_SHARE_DIR = "/run/uvmexec/share"
+# 9p's largest message: bigger ones mean fewer round trips per read/write.
+SHARE_MSIZE = 512 * 1024
 # What guest/uvm-init.sh prints on the serial console when the agent exits;
 # the launcher stops waiting for readiness when it sees it.
 AGENT_EXIT_MARKER = "uvm-init: the agent exited"

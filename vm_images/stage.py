@@ -56,6 +56,9 @@ def render(template: str) -> str:
         "@GUEST_KEY_DIR@": settings.GUEST_KEY_DIR,
         "@KEYS_FW_CFG_NAME@": settings.KEYS_FW_CFG_NAME,
         "@QGA_PORT_NAME@": settings.QGA_PORT_NAME,
+        "@SHARE_MOUNT_TAG@": settings.SHARE_MOUNT_TAG,
+        "@GUEST_SHARE_DIR@": settings.GUEST_SHARE_DIR,
+        "@SHARE_MSIZE@": str(settings.SHARE_MSIZE),
     }
     for placeholder, value in values.items():
         template = template.replace(placeholder, value)

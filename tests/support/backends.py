@@ -141,7 +141,8 @@ def shared_guest(config: Any) -> Any:
 
 
 class ContainerExecs:
-    """Makes each conformance exec inside a container on this host (LocalTask, real runc).
+    """Makes each conformance exec inside a container (real runc): by default on this host
+    (LocalTask); ``new_task(task_id, bundle)`` makes them elsewhere (a task in the guest).
 
     Execs of the task id tests get from ``new_ids`` run in one container made for the whole
     session (its init sleeps); any other task id gets a container of its own on first use.
@@ -150,10 +151,11 @@ class ContainerExecs:
 
     in_container = True
 
-    def __init__(self) -> None:
+    def __init__(self, new_task: Callable[[str, Any], Any] | None = None) -> None:
         import tempfile
 
         self.task_id = f"conformance-{os.getpid()}-{next(_ids)}"
+        self._new_task = new_task or _local_task
         self._directory = tempfile.mkdtemp(prefix="uvm-conformance-runc-")
         self._tasks: dict[str, Any] = {}
         try:
@@ -163,14 +165,13 @@ class ContainerExecs:
             raise
 
     def _task(self, task_id: str) -> Any:
-        from host_proxy import LocalTask
         from vm_images.busybox import make_bundle
 
         task = self._tasks.get(task_id)
         if task is None:
             init = ProcessSpec(args=["sleep", "1000000"], env=["PATH=/bin:/usr/bin"])
             bundle = make_bundle(os.path.join(self._directory, str(len(self._tasks))), init)
-            task = LocalTask(task_id, bundle.path, rootfs=bundle.rootfs)
+            task = self._new_task(task_id, bundle)
             self._tasks[task_id] = task
             task.init.start()
         return task
@@ -197,6 +198,12 @@ class ContainerExecs:
         assert not failures, f"containers left behind: {failures}"
 
 
+def _local_task(task_id: str, bundle: Any) -> Any:
+    from host_proxy import LocalTask
+
+    return LocalTask(task_id, bundle.path, rootfs=bundle.rootfs)
+
+
 @register("local-runc")
 @contextlib.contextmanager
 def _local_runc(config: Any) -> Iterator[Callable[..., Exec]]:
@@ -216,6 +223,24 @@ def _qemu(config: Any) -> Iterator[Callable[..., Exec]]:
     with AgentClient.connect(guest.agent_endpoint, server_key=guest.server_key, client_key=guest.client_key,
                              timeout=30) as client:
         yield client.create_exec
+
+
+@register("qemu-runc", needs_vm=True)
+@contextlib.contextmanager
+def _qemu_runc(config: Any) -> Iterator[Callable[..., Exec]]:
+    """Each exec inside a container run by runc in the guest, its bundle on the VM's 9p share."""
+    from host_proxy import AgentClient, BundleShare
+
+    guest = shared_guest(config)
+    share = BundleShare(guest.share_dir, guest.guest_share_dir)
+    with AgentClient.connect(guest.agent_endpoint, server_key=guest.server_key, client_key=guest.client_key,
+                             timeout=30) as client:
+        execs = ContainerExecs(
+            lambda task_id, bundle: client.create_task(task_id, bundle.path, rootfs=bundle.rootfs, share=share))
+        try:
+            yield execs
+        finally:
+            execs.close()
 
 
 @register("agent-ssh")

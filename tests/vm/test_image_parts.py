@@ -260,3 +260,38 @@ def test_secure_cache_makes_an_old_cache_private_but_leaves_the_guest_trees_alon
     assert _mode(guest_binary) == 0o755
     assert _mode(cache / "parts/rootfs-x/root") == 0o755
     assert _mode(cache / "tmp/build.1") == 0o755
+
+
+def test_qemu_exports_the_run_directorys_share_over_virtio_9p(tmp_path: Path) -> None:
+    image = ImagePaths(directory=tmp_path, kernel=tmp_path / "vmlinux", initrd=tmp_path / "loader.img",
+                       rootfs=tmp_path / "rootfs.ext4", kernel_release="6.1.0-0-amd64")
+    argv = QemuConfig(image=image, run_dir=tmp_path, agent_port=1, ssh_port=2).argv()
+    fsdev = argv[argv.index("-fsdev") + 1].split(",")
+    assert fsdev[0] == "local" and f"path={tmp_path / 'share'}" in fsdev and "security_model=passthrough" in fsdev
+    assert f"mount_tag={settings.SHARE_MOUNT_TAG}" in argv[argv.index("-fsdev") + 3]
+    # PID 1 mounts it where the VM handle says the guest sees it, and cgroup2 for runc.
+    init = render((GUEST_FILES / "uvm-init.sh").read_text())
+    assert f"{settings.SHARE_MOUNT_TAG} {settings.GUEST_SHARE_DIR}" in init
+    assert "mount -t cgroup2 " in init
+    assert {"runc"} <= set(settings.PACKAGES) and {"9p", "9pnet_virtio", "overlay"} <= set(settings.KERNEL_MODULES)
+
+
+def test_stopping_a_vm_takes_a_tasks_mounts_off_its_share_before_removing_it(tmp_path: Path) -> None:
+    from vm_images.launch import release_share
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "keep").write_text("the bundle's own file\n")
+    share = tmp_path / "run" / "share"
+    target = share / "task" / "rootfs"
+    target.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(root), str(target)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(target / "etc")], check=True)
+    try:
+        assert release_share(share) == [str(target / "etc"), str(target)]
+    finally:
+        for point in (target / "etc", target):
+            subprocess.run(["umount", str(point)], capture_output=True)
+    shutil.rmtree(tmp_path / "run")  # what stop() does next: the bundle's root is untouched
+    assert (root / "etc" / "keep").read_text() == "the bundle's own file\n"
+    assert release_share(share) == []

@@ -22,6 +22,16 @@ $bb mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm
 $bb mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
 $bb mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
 $bb ip link set lo up
+# runc (tasks) needs the unified cgroup hierarchy.
+$bb mount -t cgroup2 -o nosuid,nodev,noexec none /sys/fs/cgroup
+
+# The host's share for this VM (virtio-9p): task bundles are placed there by the
+# host, rootfs already mounted, and runc runs on them here. Mounted before the
+# agent starts, so a task can be created as soon as the agent answers.
+$bb mkdir -p @GUEST_SHARE_DIR@
+$bb mount -t 9p -o trans=virtio,version=9p2000.L,msize=@SHARE_MSIZE@,cache=none \
+	@SHARE_MOUNT_TAG@ @GUEST_SHARE_DIR@ \
+	|| say "no share @SHARE_MOUNT_TAG@ over virtio-9p: tasks cannot be created"
 
 # This boot's keys (agent and sshd secrets, the authorised client keys), made
 # by the launcher and handed in by QEMU as a fw_cfg file: the image holds none.
