@@ -106,8 +106,9 @@ def run(options: Options) -> FamilyResult:
                 pinger.close()
     for name, _, _ in TRANSPORTS:
         raw = result.add(f"raw ping {name}", samples[f"raw ping {name}"], is_baseline=True)
-        result.add(f"uvmexec status() {name}", samples[f"uvmexec status() {name}"]).compare(raw, TARGET)
-        result.add(f"uvmexec ping() {name}", samples[f"uvmexec ping() {name}"]).compare(raw)
+        # status() is answered from the host's record now (no round trip): shown, not held to the target.
+        result.add(f"uvmexec status() {name}", samples[f"uvmexec status() {name}"]).compare(raw)
+        result.add(f"uvmexec ping() {name}", samples[f"uvmexec ping() {name}"]).compare(raw, TARGET)
     result.notes.append("CPU per round trip (this client process / the server process, every thread; "
                         + ", ".join(f"{name} {client * 1e6:.0f}/{server * 1e6:.0f} µs"
                                     for name, (client, server) in cpu.items()) + ")")

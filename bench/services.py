@@ -42,6 +42,8 @@ class Keys:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         agent_public, agent_secret = zmq.auth.create_certificates(directory, "agent")
         client_public, client_secret = zmq.auth.create_certificates(directory, "client")
+        for secret in (agent_secret, client_secret):  # zmq.auth leaves them to the umask; both sides refuse that
+            os.chmod(secret, 0o600)
         authorized = os.path.join(directory, "authorized")
         os.makedirs(authorized, mode=0o700, exist_ok=True)
         shutil.copy(client_public, authorized)
