@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import select
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
+
+from tests.support.agent import AgentProcess
 
 from .helpers import ROOT, UVMEXEC, cli_env, discard, gone, read_until, reap, run_cli
 
@@ -257,15 +259,22 @@ def test_a_user_is_looked_up_where_the_command_runs(tmp_path, ipc_agent, user):
 
 
 @pytest.mark.timeout(60)
-def test_a_user_gets_the_groups_that_list_it(tmp_path, ipc_agent):
-    member = next((group for group in grp.getgrall() if group.gr_mem and group.gr_mem[0] != "root"), None)
-    if member is None:
-        pytest.skip("no group on this host lists a member")
-    entry = pwd.getpwnam(member.gr_mem[0])
-    expected = {entry.pw_gid} | {group.gr_gid for group in grp.getgrall() if entry.pw_name in group.gr_mem}
-    result = run_cli(["run", "--guest", ipc_agent.endpoints[0], "--user", entry.pw_name, *IDENTITY], tmp_path)
-    _, _, groups, _ = _identity(result)
-    assert set(map(int, groups.split())) == expected
+def test_a_user_gets_the_groups_that_list_it(tmp_path, workdir):
+    """The agent sees its own passwd and group files, with a user that two groups list (in a
+    mount namespace of its own, so the host's files are left alone)."""
+    passwd, group = tmp_path / "passwd", tmp_path / "group"
+    passwd.write_text(Path("/etc/passwd").read_text() + "uvmtest:x:4242:4242::/home/uvmtest:/bin/sh\n")
+    group.write_text(Path("/etc/group").read_text() + "uvmtest:x:4242:\nuvmextra:x:4343:uvmtest\nuvmmore:x:4344:a,uvmtest\n")
+    script = f'mount --bind {passwd} /etc/passwd && mount --bind {group} /etc/group && exec "$@"'
+    agent = AgentProcess([f"ipc://{workdir}/agent.sock"], prefix=["unshare", "-m", "sh", "-c", script, "sh"])
+    agent.start()
+    try:
+        result = run_cli(["run", "--guest", agent.endpoints[0], "--user", "uvmtest", *IDENTITY], tmp_path)
+    finally:
+        agent.stop()
+    uid, gid, groups, home = _identity(result)
+    assert (uid, gid, home) == ("4242", "4242", "/home/uvmtest")
+    assert set(map(int, groups.split())) == {4242, 4343, 4344}
 
 
 @pytest.mark.timeout(60)
