@@ -7,11 +7,13 @@ Chosen per container, first match wins:
 2. the runtime options file (``ctr run --runtime-config-path FILE …``): a TOML
    file with ``isolation = "process"`` — containerd hands the shim its path
    in a ``runtimeoptions.v1.Options`` Any on the start command's stdin;
-3. the default, :data:`DEFAULT_ISOLATION`.
+3. the environment variable ``UVMEXEC_ISOLATION`` of the shim, which it
+   inherits from containerd (set it in containerd's environment to change the
+   default for every container that names none — how containerd's own
+   integration tests, which pass no options, are run in either isolation);
+4. the default, :data:`DEFAULT_ISOLATION`.
 
-Any other value is ``InvalidArgumentError`` naming where it came from. Only
-``process`` is implemented today: ``hypervisor`` is ``UnimplementedError``
-naming the option, until tasks in guests land.
+Any other value is ``InvalidArgumentError`` naming where it came from.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import tomllib
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
-from common.errors import InvalidArgumentError, UnimplementedError, describe
+from common.errors import InvalidArgumentError, describe
 
 from .proto import runtimeoptions_pb2
 
@@ -32,6 +34,7 @@ PROCESS = "process"
 HYPERVISOR = "hypervisor"
 ISOLATIONS = (PROCESS, HYPERVISOR)
 DEFAULT_ISOLATION = HYPERVISOR
+ENVIRONMENT = "UVMEXEC_ISOLATION"
 RUNTIME_OPTIONS_TYPE = "runtimeoptions.v1.Options"
 MAX_OPTIONS_FILE_BYTES = 64 * 1024
 
@@ -91,12 +94,10 @@ def choose(bundle: str, options_path: str) -> str:
     value, source = _from_annotation(bundle), f"annotation {ANNOTATION}"
     if value is None and options_path:
         value, source = _from_file(options_path), f"runtime options file {options_path!r}"
+    if value is None and os.environ.get(ENVIRONMENT):
+        value, source = os.environ[ENVIRONMENT], f"environment variable {ENVIRONMENT}"
     if value is None:
         value, source = DEFAULT_ISOLATION, "the default isolation"
     if value not in ISOLATIONS:
         raise InvalidArgumentError(f"{source}: unknown isolation {describe(value)} (known: {', '.join(ISOLATIONS)})")
-    if value == HYPERVISOR:
-        raise UnimplementedError(
-            f"{source}: isolation 'hypervisor' is not implemented by this shim yet; "
-            f"use {ANNOTATION}=process (or isolation = \"process\" in the runtime options file)")
     return value

@@ -196,7 +196,10 @@ class TaskService:
         with self._lock:
             if request.id in self._tasks:
                 raise AlreadyExistsError(f"task with id: '{request.id}' already exists")
-        task = self._factories[chosen](request.id, request.bundle,
+        factory = self._factories.get(chosen)
+        if factory is None:
+            raise UnimplementedError(f"isolation {chosen!r} is not available in this shim")
+        task = factory(request.id, request.bundle,
                                        _stdio(request.stdin, request.stdout, request.stderr, request.terminal),
                                        mounts, self._on_event(request.id))
         with self._lock:
