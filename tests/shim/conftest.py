@@ -26,13 +26,17 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.procs import descendants
+from vm_images import build_image
 from vm_images.oci_image import DEFAULT_REF, write_image_tarball
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIM = "containerd-shim-uvmexec-v1"
 RUNTIME = "io.containerd.uvmexec.v1"
 PROCESS_ISOLATION = ["--annotation", "io.uvmexec.isolation=process"]
-CTR_TIMEOUT = 60
+#: For a test that must hold in both isolations: the ``containerd`` fixture's containers get each in turn.
+BOTH_ISOLATIONS = pytest.mark.parametrize(
+    "containerd", ["process", pytest.param("hypervisor", marks=pytest.mark.vm)], indirect=True)
+CTR_TIMEOUT = 240  # a Create in hypervisor isolation boots a VM (TCG here)
 LEFTOVER_GRACE = 15.0
 
 
@@ -77,7 +81,7 @@ def _processes_naming(text: str) -> list[str]:
     return found
 
 
-def _ends_within(pid: int, timeout: float) -> bool:
+def ends_within(pid: int, timeout: float) -> bool:
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -100,6 +104,7 @@ class Containerd:
     env: dict[str, str]
     config: str
     image: str = DEFAULT_REF
+    isolation: str = "process"
     process: subprocess.Popen[bytes] | None = None
     logger: threading.Thread | None = None
 
@@ -142,8 +147,8 @@ class Containerd:
         return subprocess.Popen(["ctr", "--address", self.address, *args], env=self.env, **options)  # type: ignore[call-overload]
 
     def run_args(self, container_id: str, *command: str, extra: tuple[str, ...] = ()) -> list[str]:
-        return ["run", "--fifo-dir", self.fifo_dir, "--runtime", RUNTIME, *PROCESS_ISOLATION, *extra,
-                self.image, container_id, *command]
+        return ["run", "--fifo-dir", self.fifo_dir, "--runtime", RUNTIME,
+                "--annotation", f"io.uvmexec.isolation={self.isolation}", *extra, self.image, container_id, *command]
 
     @property
     def fifo_dir(self) -> str:
@@ -169,9 +174,14 @@ def write_image_tarball_at(path: str) -> str:
 
 
 @pytest.fixture
-def containerd(busybox_image: str) -> Iterator[Containerd]:
+def containerd(request: pytest.FixtureRequest, busybox_image: str) -> Iterator[Containerd]:
+    """A private containerd; its ``run_args`` ask for process isolation, or the test's parameter
+    (:data:`BOTH_ISOLATIONS`)."""
     if shutil.which("containerd") is None or shutil.which("ctr") is None:
         pytest.fail("containerd and ctr are not installed: run .ci/setup")
+    isolation = getattr(request, "param", "process")
+    if isolation == "hypervisor":
+        build_image()  # cached after the first: the shim boots it
     directory = tempfile.mkdtemp(prefix="uvm-ctd-", dir="/tmp")  # short: sockets live in it
     address = os.path.join(directory, "c.sock")
     config = os.path.join(directory, "config.toml")
@@ -187,7 +197,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 """)
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([_shim_bin_dir(directory), env.get("PATH", "")])
-    daemon = Containerd(directory, address, env, config)
+    daemon = Containerd(directory, address, env, config, isolation=isolation)
     try:
         daemon.launch()
         daemon.ctr("images", "import", busybox_image)
@@ -218,7 +228,7 @@ def _stop(daemon: Containerd) -> None:
     # A `delete` command containerd started just before it stopped may still be finishing: give each
     # process naming our directory a bounded while to end; what outlives it is a leak.
     leftovers = [line for line in _processes_naming(daemon.directory)
-                 if not _ends_within(int(line.split(":")[0]), LEFTOVER_GRACE)]
+                 if not ends_within(int(line.split(":")[0]), LEFTOVER_GRACE)]
     for pid in children + [int(line.split(":")[0]) for line in leftovers]:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -227,7 +237,10 @@ def _stop(daemon: Containerd) -> None:
     mounts = _mounts_under(daemon.directory)
     sockets = os.listdir(os.path.join(daemon.directory, "uvmexec-s")) if os.path.isdir(
         os.path.join(daemon.directory, "uvmexec-s")) else []
+    vms = os.listdir(os.path.join(daemon.directory, "uvmexec-vm")) if os.path.isdir(
+        os.path.join(daemon.directory, "uvmexec-vm")) else []
     shutil.rmtree(daemon.directory, ignore_errors=True)
     assert not leftovers, f"processes left behind: {leftovers}"
     assert not mounts, f"mounts left behind: {mounts}"
     assert not sockets, f"shim sockets left behind: {sockets}"
+    assert not vms, f"utility VM run directories left behind: {vms}"
