@@ -303,3 +303,12 @@ def test_a_restarted_containerd_reconnects_to_the_running_shim(containerd: Conta
     assert (result.returncode, result.stdout) == (5, b"after-restart\n")
     containerd.ctr("task", "rm", "-f", "c1")
     containerd.ctr("containers", "rm", "c1")
+
+
+@BOTH_ISOLATIONS
+def test_an_init_binary_missing_from_the_image_fails_the_run_naming_it(containerd: Containerd) -> None:
+    result = containerd.ctr(*containerd.run_args("c1", "/no/such/binary", extra=("--rm",)), check=False)
+    assert result.returncode != 0
+    assert "/no/such/binary" in result.stderr.decode(), result.stderr
+    containerd.ctr("task", "rm", "-f", "c1", check=False)  # a failed start leaves the task to ctr
+    containerd.ctr("containers", "rm", "c1", check=False)
