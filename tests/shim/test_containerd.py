@@ -312,3 +312,26 @@ def test_an_init_binary_missing_from_the_image_fails_the_run_naming_it(container
     assert "/no/such/binary" in result.stderr.decode(), result.stderr
     containerd.ctr("task", "rm", "-f", "c1", check=False)  # a failed start leaves the task to ctr
     containerd.ctr("containers", "rm", "c1", check=False)
+
+
+@BOTH_ISOLATIONS
+def test_task_ps_lists_the_init_and_names_each_exec(containerd: Containerd) -> None:
+    containerd.ctr(*containerd.run_args("c1", "sleep", "100000", extra=("-d",)))
+    execution = containerd.ctr_popen("task", "exec", "--fifo-dir", containerd.fifo_dir, "--exec-id", "e1", "c1",
+                                     "sh", "-c", "echo started; exec sleep 100000",
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _read_line(execution.stdout) == b"started\n"
+        rows = [line.split(None, 1) for line in containerd.ctr("task", "ps", "c1").stdout.decode().splitlines()[1:]]
+        infos = [info for _, info in rows]
+        assert len(rows) == 2 and "-" in infos and any("ExecID:e1" in info for info in infos), rows
+        containerd.ctr("task", "kill", "-s", "KILL", "--all", "c1")
+        assert execution.wait(60) == 137
+    finally:
+        if execution.poll() is None:
+            execution.kill()
+            execution.wait()
+        execution.stdout.close()  # type: ignore[union-attr]
+        execution.stderr.close()  # type: ignore[union-attr]
+    containerd.ctr("task", "rm", "-f", "c1")
+    containerd.ctr("containers", "rm", "c1")
