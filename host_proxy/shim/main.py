@@ -95,6 +95,13 @@ def _alive(path: str) -> bool:
     return True
 
 
+def runc_root(address: str, namespace: str) -> str:
+    """runc's state root for process isolation: one per containerd and namespace, as the runc shim
+    keeps one per namespace, so two containerds (or namespaces) may each have a container "c1"."""
+    parent = os.path.dirname(os.path.abspath(address)) if address else "/run/uvmexec-shim"
+    return os.path.join(parent, "uvmexec-runc", namespace or "default")
+
+
 def start(args: argparse.Namespace) -> int:
     from .isolation import config_path_of
 
@@ -135,6 +142,7 @@ def _print_address(bundle: str, path: str) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from common.errors import ExecError
+    from common.supervisor.runc import ROOT_ENV
     from host_proxy.local_task import LocalTask
 
     from . import isolation
@@ -145,6 +153,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     listener = socket.socket(fileno=int(os.environ.pop(LISTEN_FD_ENV)))
+    os.environ[ROOT_ENV] = runc_root(args.address, args.namespace)  # the private agent's runc inherits it
     publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), args.namespace)
     server = Server({})
     stopping = threading.Event()
@@ -199,7 +208,7 @@ def delete(args: argparse.Namespace) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     if args.id:
-        subprocess.run(["runc", "delete", "--force", args.id], stdin=subprocess.DEVNULL,
+        subprocess.run(["runc", "--root", runc_root(args.address, args.namespace), "delete", "--force", args.id], stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     rootfs = os.path.join(bundle, "rootfs")
     while os.path.ismount(rootfs):

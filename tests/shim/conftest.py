@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from host_proxy.shim.main import runc_root
 from tests.support.procs import descendants
 from vm_images import build_image
 from vm_images.oci_image import DEFAULT_REF, write_image_tarball
@@ -158,6 +159,15 @@ class Containerd:
     def state(self) -> str:
         return os.path.join(self.directory, "state")
 
+    def runc_ids(self) -> list[str]:
+        """The containers in the runc state root the shim keeps for this containerd's namespace."""
+        root = runc_root(self.address, "default")
+        if not os.path.isdir(root):
+            return []
+        listed = subprocess.run(["runc", "--root", root, "list", "-q"], capture_output=True, text=True,
+                                check=True, timeout=30)
+        return listed.stdout.split()
+
     def bundle(self, container_id: str) -> str:
         return os.path.join(self.state, "io.containerd.runtime.v2.task", "default", container_id)
 
@@ -223,6 +233,10 @@ def _stop(daemon: Containerd) -> None:
         daemon.ctr("task", "kill", "-s", "KILL", container, check=False)
         daemon.ctr("task", "rm", "-f", container, check=False)
         daemon.ctr("containers", "rm", container, check=False)
+    containers = daemon.runc_ids()
+    for container in containers:
+        subprocess.run(["runc", "--root", runc_root(daemon.address, "default"), "delete", "--force", container],
+                       capture_output=True, check=False, timeout=30)
     children = descendants(daemon.process.pid) if daemon.process is not None else []
     daemon.terminate()
     # A `delete` command containerd started just before it stopped may still be finishing: give each
@@ -240,6 +254,7 @@ def _stop(daemon: Containerd) -> None:
     vms = os.listdir(os.path.join(daemon.directory, "uvmexec-vm")) if os.path.isdir(
         os.path.join(daemon.directory, "uvmexec-vm")) else []
     shutil.rmtree(daemon.directory, ignore_errors=True)
+    assert not containers, f"runc containers left behind: {containers}"
     assert not leftovers, f"processes left behind: {leftovers}"
     assert not mounts, f"mounts left behind: {mounts}"
     assert not sockets, f"shim sockets left behind: {sockets}"

@@ -211,8 +211,7 @@ def test_a_sigkilled_shim_is_cleaned_up_by_task_rm(containerd: Containerd) -> No
     containerd.ctr("task", "rm", "-f", "c1", check=False)  # containerd may have cleaned up already
     assert "c1" not in containerd.ctr("task", "ls", "-q").stdout.decode().split()
     containerd.ctr("containers", "rm", "c1")
-    runc = subprocess.run(["runc", "list", "-q"], capture_output=True, text=True, check=True, timeout=30)
-    assert "c1" not in runc.stdout.split()
+    assert "c1" not in containerd.runc_ids()
 
 
 @pytest.mark.parametrize(("value", "words"), [
@@ -333,5 +332,23 @@ def test_task_ps_lists_the_init_and_names_each_exec(containerd: Containerd) -> N
             execution.wait()
         execution.stdout.close()  # type: ignore[union-attr]
         execution.stderr.close()  # type: ignore[union-attr]
+    containerd.ctr("task", "rm", "-f", "c1")
+    containerd.ctr("containers", "rm", "c1")
+
+
+def test_two_namespaces_may_each_run_a_container_of_the_same_id(containerd: Containerd,
+                                                                 busybox_image: str) -> None:
+    """runc keeps one state root per containerd namespace here, as containerd's runc shim does.
+    Before: one root for every shim on the host, and the second "c1" was refused by runc."""
+    containerd.ctr("-n", "other", "images", "import", busybox_image)
+    containerd.ctr(*containerd.run_args("c1", "sleep", "100000", extra=("-d",)))
+    try:
+        result = containerd.ctr("-n", "other", *containerd.run_args("c1", "sh", "-c", "exit 6", extra=("--rm",)),
+                                check=False)
+        assert result.returncode == 6, result.stderr
+    finally:
+        containerd.ctr("-n", "other", "task", "rm", "-f", "c1", check=False)
+        containerd.ctr("-n", "other", "containers", "rm", "c1", check=False)
+    assert containerd.runc_ids() == ["c1"]
     containerd.ctr("task", "rm", "-f", "c1")
     containerd.ctr("containers", "rm", "c1")
