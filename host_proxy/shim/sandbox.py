@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 RECORD_NAME = "uvmexec-vm.json"
+GUEST_INFO_NAME = "guest.json"  # in the run directory: the VM's GuestInfo
 VM_DIR_NAME = "uvmexec-vm"
 FALLBACK_VM_DIR = "/run/uvmexec-shim/vm"
 MAX_RUN_DIR = 60  # the QMP and QGA sockets go in it: sun_path is 108 bytes
@@ -148,6 +149,10 @@ class UtilityVM:
             raise UnavailableError(message) from None
         LOG.info("utility VM up: QEMU pid %d, %s, boot %.1fs, kernel %s", info.pid, info.accel,
                  info.boot_seconds, info.kernel_release)
+        # How to reach this VM's agent (root only: the run directory is 0700), for debugging and the benchmarks.
+        descriptor = os.open(self._run_dir / GUEST_INFO_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(descriptor, "w") as info_file:
+            json.dump(info.to_json(), info_file)
         try:
             client = AgentClient.connect(info.agent_endpoint, server_key=info.server_key,
                                          client_key=info.client_key)

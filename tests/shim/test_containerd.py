@@ -26,7 +26,7 @@ from host_proxy.shim.proto import shim_pb2
 from host_proxy.shim.service import PROCESS_SPEC_TYPE, SERVICE
 from vm_images import build_image
 
-from .conftest import BOTH_ISOLATIONS, PROCESS_ISOLATION, RUNTIME, Containerd
+from .conftest import BOTH_ISOLATIONS, CTR_TIMEOUT, PROCESS_ISOLATION, RUNTIME, Containerd
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -111,10 +111,10 @@ def test_exec_with_a_terminal_gets_the_size_of_ctrs_terminal(containerd: Contain
         os.close(slave)
         slave = -1
         output = b""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + CTR_TIMEOUT
         while True:
             readable, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
-            assert readable, f"no end of output within 60s: {output!r}"
+            assert readable, f"no end of output within {CTR_TIMEOUT}s: {output!r}"
             try:
                 chunk = os.read(master, 4096)
             except OSError:  # EIO: every slave end is closed
@@ -122,7 +122,7 @@ def test_exec_with_a_terminal_gets_the_size_of_ctrs_terminal(containerd: Contain
             if not chunk:
                 break
             output += chunk
-        assert execution.wait(60) == 4
+        assert execution.wait(CTR_TIMEOUT) == 4
         assert b"33 77" in output and b"/dev/pts/" in output, output
     finally:
         os.close(master)
