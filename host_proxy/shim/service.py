@@ -17,7 +17,6 @@ it was forwarded — and /tasks/delete after the Delete of a task.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -275,26 +274,14 @@ class TaskService:
                                        exited_at=timestamp(final.exited_at))
 
     def pids(self, request: shim_pb2.PidsRequest) -> shim_pb2.PidsResponse:
-        record = self._record(request.id)
-        processes = record.task.pids()
-        with self._lock:
-            execs = list(record.execs.items())
-        # As the runc shim: a pid that is an exec's carries its exec id (`ctr task ps` shows it under INFO).
-        exec_of = {}
-        for exec_id, process in execs:
-            with contextlib.suppress(ExecError):
-                pid = process.status().pid
-                if pid:
-                    exec_of[pid] = exec_id
         answer = shim_pb2.PidsResponse()
-        for info in processes:
+        for info in self._record(request.id).task.pids():
             entry = answer.processes.add(pid=info.pid)
-            if info.pid in exec_of:
-                # The type URL as containerd's typeurl registers it (no type.googleapis.com/ prefix):
-                # `ctr task ps` fails on one it cannot resolve.
+            if info.exec_id and info.exec_id != request.id:
+                # As the runc shim: an exec's pid carries its exec id (`ctr task ps` shows it under INFO),
+                # with the type URL as containerd's typeurl registers it (no type.googleapis.com/ prefix).
                 entry.info.type_url = PROCESS_DETAILS_TYPE
-                entry.info.value = runc_options_pb2.ProcessDetails(
-                    exec_id=exec_of[info.pid]).SerializeToString()
+                entry.info.value = runc_options_pb2.ProcessDetails(exec_id=info.exec_id).SerializeToString()
         return answer
 
     def connect(self, request: shim_pb2.ConnectRequest) -> shim_pb2.ConnectResponse:
