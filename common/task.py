@@ -19,9 +19,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .contract import Exec
-from .errors import InvalidArgumentError, describe
+from .errors import InvalidArgumentError, UnimplementedError, describe
 from .rules import DEFAULT_DRAIN_TIMEOUT
 from .spec import MAX_PATH_BYTES, ProcessSpec, Stdio, check_text
 from .state import ExecEvent, ExecStatus
@@ -131,6 +132,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def pids(self) -> list[ProcessInfo]:
         """Every process of the container now, as the task's side sees them (empty once it ended)."""
+
+    def stats(self) -> dict[str, Any]:
+        """The container's resource usage now: what ``runc events --stats`` reports under ``data``
+        (``cpu``, ``memory``, ``pids``, ... as runc's libcontainer names them). A task that cannot
+        tell raises ``UnimplementedError``; one whose init is not running, ``FailedPreconditionError``."""
+        raise UnimplementedError(f"task: '{self.id}': statistics are not available for {type(self).__name__}")
 
     @abc.abstractmethod
     def delete(self) -> ExecStatus:

@@ -102,6 +102,11 @@ def op_pids(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str
     return {"pids": [protocol.process_info_to_wire(info) for info in task.pids()]}
 
 
+def op_task_stats(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    task = _task(agent, protocol.get_str(message, "task", MAX_ID_BYTES))
+    return {"stats": task.stats()}
+
+
 def op_start(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
     record = _lookup(agent, message)
     record.core.start()
@@ -334,6 +339,7 @@ REQUESTS: dict[str, Callable[..., Any]] = {
     "create": op_create,
     "create_task": op_create_task,
     "pids": op_pids,
+    "task_stats": op_task_stats,
     "start": op_start,
     "kill": op_kill,
     "resize_pty": op_resize_pty,

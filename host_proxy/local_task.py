@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from common.rules import DEFAULT_DRAIN_TIMEOUT
 from common.spec import ProcessSpec, Stdio
@@ -76,6 +77,9 @@ class LocalTask(Task):
 
     def pids(self) -> list[ProcessInfo]:
         return self._task.pids()
+
+    def stats(self) -> dict[str, Any]:
+        return self._task.stats()
 
     def delete(self) -> ExecStatus:
         return self._task.delete()

@@ -15,6 +15,7 @@ the agent):
 ``init.start()``         start             ``runc create`` + ``runc start``
 ``create_exec(...)``     create (in_task)  ``TaskCore.create_exec``, then ``runc exec``
 ``pids()``               pids              ``runc ps``
+``stats()``              task_stats        ``runc events --stats``
 ``init.kill(s, True)``   kill (all)        ``runc kill --all``
 ``delete()``             delete (init)     ``TaskCore.delete``: ``runc delete``, unmount
 =======================  ================  ==========================================
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common import protocol, rules
 from common.errors import task_not_found_error
@@ -114,6 +115,10 @@ class ProxiedTask(Task):
         result = self._client.request("pids", {"task": self._id})
         return [protocol.process_info_from_wire(entry)
                 for entry in protocol.get_list(result, "pids", protocol.MAX_LIST_ENTRIES)]
+
+    def stats(self) -> dict[str, Any]:
+        self._check_live()
+        return protocol.get_map(self._client.request("task_stats", {"task": self._id}), "stats")
 
     def delete(self) -> ExecStatus:
         self._check_live()

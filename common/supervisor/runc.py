@@ -39,6 +39,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import UnavailableError
 from ..spec import DEFAULT_PATH, ProcessSpec, User
@@ -193,6 +194,14 @@ class Runc:
 
     def kill(self, log_path: str, container_id: str, signum: int, *, all: bool = False) -> None:  # noqa: A002
         self.call(log_path, "kill", *(["--all"] if all else []), container_id, str(signum))
+
+    def stats(self, log_path: str, container_id: str) -> dict[str, Any]:
+        """The container's resource usage (``runc events --stats``: its ``data``, libcontainer's names)."""
+        event = json.loads(self.call(log_path, "events", "--stats", container_id) or "null")
+        data = event.get("data") if isinstance(event, dict) else None
+        if not isinstance(data, dict):
+            raise ValueError(f"runc events --stats printed no statistics for {container_id!r}")
+        return data
 
     def ps(self, log_path: str, container_id: str) -> list[int]:
         """The host pids of the container's processes (its cgroup's, as runc lists them)."""

@@ -47,6 +47,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .. import rules
 from ..errors import (
@@ -188,6 +189,15 @@ class TaskCore:
         known = {core.snapshot.pid: core.exec_id for core in (self.init, *self.live_execs())
                  if core.state is ExecState.RUNNING}
         return [ProcessInfo(pid, known.get(pid, "")) for pid in pids]
+
+    def stats(self) -> dict[str, Any]:
+        """The container's resource usage now (``runc events --stats``); its init must be running."""
+        if self.init.state is not ExecState.RUNNING:
+            raise FailedPreconditionError(f"task: '{self.id}': no statistics: its init is {self.init.state.value}")
+        try:
+            return self.runc.stats(self._log, self.id)
+        except (RuncError, ValueError) as error:
+            raise ExecError(f"task: '{self.id}': runc events --stats: {getattr(error, 'message', error)}") from None
 
     # -- the end -----------------------------------------------------------------
 

@@ -47,13 +47,21 @@ from common.task import Mount, Task
 
 from . import isolation, ttrpc
 from .events import Publisher, timestamp
-from .proto import events_pb2, runc_options_pb2, shim_pb2, task_types_pb2
+from .proto import cgroups_metrics_pb2, events_pb2, runc_options_pb2, shim_pb2, task_types_pb2
 
 LOG = logging.getLogger(__name__)
 
 SERVICE = "containerd.task.v2.Task"
 PROCESS_SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 PROCESS_DETAILS_TYPE = "containerd.runc.v1.ProcessDetails"
+METRICS_TYPE = "io.containerd.cgroups.v1.Metrics"
+#: cgroups v1 Metrics' MemoryStat fields and the names runc reports them under in memory.raw.
+_MEMORY_RAW = {
+    "rss": "rss", "rss_huge": "rss_huge", "mapped_file": "mapped_file", "dirty": "dirty",
+    "writeback": "writeback", "pg_pg_in": "pgpgin", "pg_pg_out": "pgpgout", "pg_fault": "pgfault",
+    "pg_maj_fault": "pgmajfault", "inactive_anon": "inactive_anon", "active_anon": "active_anon",
+    "inactive_file": "inactive_file", "active_file": "active_file", "unevictable": "unevictable"}
+_MEMORY_ENTRIES = {"usage": "usage", "swap": "swap", "kernel": "kernel", "kernel_tcp": "kernelTCP"}
 
 ERROR_CODES: dict[type[ExecError], int] = {
     NotFoundError: ttrpc.NOT_FOUND,
@@ -118,6 +126,7 @@ class TaskService:
             "Start": (shim_pb2.StartRequest, self.start),
             "Delete": (shim_pb2.DeleteRequest, self.delete),
             "Pids": (shim_pb2.PidsRequest, self.pids),
+            "Stats": (shim_pb2.StatsRequest, self.stats),
             "Kill": (shim_pb2.KillRequest, self.kill),
             "Exec": (shim_pb2.ExecProcessRequest, self.exec),
             "ResizePty": (shim_pb2.ResizePtyRequest, self.resize_pty),
@@ -127,7 +136,7 @@ class TaskService:
             "Shutdown": (shim_pb2.ShutdownRequest, self.shutdown),
         }
         methods: dict[str, ttrpc.Method] = {name: self._method(*entry) for name, entry in table.items()}
-        for name in ("Pause", "Resume", "Checkpoint", "Update", "Stats"):
+        for name in ("Pause", "Resume", "Checkpoint", "Update"):
             methods[name] = self._unimplemented(name)
         return methods
 
@@ -284,6 +293,13 @@ class TaskService:
                 entry.info.value = runc_options_pb2.ProcessDetails(exec_id=info.exec_id).SerializeToString()
         return answer
 
+    def stats(self, request: shim_pb2.StatsRequest) -> shim_pb2.StatsResponse:
+        metrics = _metrics(self._record(request.id).task.stats())
+        answer = shim_pb2.StatsResponse()
+        answer.stats.type_url = METRICS_TYPE  # as containerd's typeurl registers it, no prefix
+        answer.stats.value = metrics.SerializeToString()
+        return answer
+
     def connect(self, request: shim_pb2.ConnectRequest) -> shim_pb2.ConnectResponse:
         with self._lock:
             record = self._tasks.get(request.id)
@@ -322,3 +338,39 @@ def _process_spec(request: shim_pb2.ExecProcessRequest, container_process: dict[
                 del process[key]
         process["terminal"] = request.terminal
     return ProcessSpec.from_oci(process)
+
+
+def _u64(value: Any) -> int:
+    """A counter runc reported, as a uint64 (anything else, or out of range, is 0)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 64 else 0
+
+
+def _map(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _metrics(stats: dict[str, Any]) -> cgroups_metrics_pb2.Metrics:
+    """runc's statistics (``runc events --stats``) as the cgroups v1 Metrics containerd's runc shim answers."""
+    metrics = cgroups_metrics_pb2.Metrics()
+    pids = _map(stats.get("pids"))
+    metrics.pids.current, metrics.pids.limit = _u64(pids.get("current")), _u64(pids.get("limit"))
+    cpu = _map(stats.get("cpu"))
+    usage, throttling = _map(cpu.get("usage")), _map(cpu.get("throttling"))
+    metrics.cpu.usage.total = _u64(usage.get("total"))
+    metrics.cpu.usage.kernel = _u64(usage.get("kernel"))
+    metrics.cpu.usage.user = _u64(usage.get("user"))
+    per_cpu = usage.get("percpu")
+    metrics.cpu.usage.per_cpu.extend(_u64(value) for value in (per_cpu if isinstance(per_cpu, list) else []))
+    metrics.cpu.throttling.periods = _u64(throttling.get("periods"))
+    metrics.cpu.throttling.throttled_periods = _u64(throttling.get("throttled_periods"))
+    metrics.cpu.throttling.throttled_time = _u64(throttling.get("throttled_time"))
+    memory = _map(stats.get("memory"))
+    raw = _map(memory.get("raw"))
+    metrics.memory.cache = _u64(memory.get("cache"))
+    for field_name, raw_name in _MEMORY_RAW.items():
+        setattr(metrics.memory, field_name, _u64(raw.get(raw_name)))
+    for field_name, runc_name in _MEMORY_ENTRIES.items():
+        entry, reported = getattr(metrics.memory, field_name), _map(memory.get(runc_name))
+        entry.limit, entry.usage = _u64(reported.get("limit")), _u64(reported.get("usage"))
+        entry.max, entry.failcnt = _u64(reported.get("max")), _u64(reported.get("failcnt"))
+    return metrics
