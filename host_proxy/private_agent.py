@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import logging
 import os
 import select
 import shutil
@@ -37,6 +38,8 @@ from common.errors import UnavailableError
 
 if TYPE_CHECKING:
     from .client import AgentClient
+
+log = logging.getLogger(__name__)
 
 READY_PREFIX = b"uvm-agent ready "
 PR_SET_PDEATHSIG = 1
@@ -97,6 +100,7 @@ class AgentChild:
         finally:
             if log_file is not None:
                 log_file.close()
+        log.debug("private agent %d: spawned", self.process.pid)
         return self
 
     @property
@@ -119,6 +123,7 @@ class AgentChild:
             raise UnavailableError(f"the private agent {state}: {detail}")
         self.endpoint = line.decode().split()[2]
         self.startup_seconds = time.monotonic() - self._began
+        log.debug("private agent %d: ready after %.3f s", self.process.pid, self.startup_seconds)
         return self
 
     @staticmethod
