@@ -190,10 +190,11 @@ class Containerd:
 
 
 def start_containerd(image_tarball: str, image: str, *, debug: bool = False,
-                     shim_dir: Callable[[str], str] = shim_bin_dir) -> Containerd:
+                     shim_dir: Callable[[str], str] = shim_bin_dir, env: dict[str, str] | None = None) -> Containerd:
     """A private containerd serving, with ``image_tarball`` imported (its name: ``image``); stop it with
     :func:`stop_containerd`. ``debug``: containerd logs at debug level and runs shims with ``-debug``.
-    ``shim_dir(directory)`` names the directory put first on containerd's PATH (default: :func:`shim_bin_dir`)."""
+    ``shim_dir(directory)`` names the directory put first on containerd's PATH (default: :func:`shim_bin_dir`);
+    ``env`` is containerd's environment, and so its shims' (default: this process's)."""
     if shutil.which("containerd") is None or shutil.which("ctr") is None:
         raise RuntimeError("containerd and ctr are not installed: run .ci/setup")
     directory = tempfile.mkdtemp(prefix="uvm-ctd-", dir="/tmp")  # short: sockets live in it
@@ -209,7 +210,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "{address}.ttrpc"
 """ + ('[debug]\n  level = "debug"\n' if debug else ""))
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     daemon = Containerd(directory, address, env, config, image)
     try:
         env["PATH"] = os.pathsep.join([shim_dir(directory), env.get("PATH", "")])
