@@ -22,12 +22,11 @@ import json
 import os
 import tomllib
 
-from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
-
 from common.errors import InvalidArgumentError, describe
 
-from .proto import runtimeoptions_pb2
+from .runtime_options import RUNTIME_OPTIONS_TYPE, config_path_of
+
+__all__ = ["ANNOTATION", "HYPERVISOR", "PROCESS", "RUNTIME_OPTIONS_TYPE", "choose", "config_path_of"]
 
 ANNOTATION = "io.uvmexec.isolation"
 PROCESS = "process"
@@ -35,24 +34,7 @@ HYPERVISOR = "hypervisor"
 ISOLATIONS = (PROCESS, HYPERVISOR)
 DEFAULT_ISOLATION = HYPERVISOR
 ENVIRONMENT = "UVMEXEC_ISOLATION"
-RUNTIME_OPTIONS_TYPE = "runtimeoptions.v1.Options"
 MAX_OPTIONS_FILE_BYTES = 64 * 1024
-
-
-def config_path_of(options: bytes) -> str:
-    """The options file's path in what containerd wrote to the start command's stdin ("" for none)."""
-    if not options:
-        return ""
-    wrapper = any_pb2.Any()
-    try:
-        wrapper.ParseFromString(options)
-        if not wrapper.type_url.endswith(RUNTIME_OPTIONS_TYPE):
-            return ""
-        parsed = runtimeoptions_pb2.Options()
-        parsed.ParseFromString(wrapper.value)
-    except DecodeError as error:
-        raise InvalidArgumentError(f"runtime options: not a runtimeoptions.v1.Options: {error}") from None
-    return parsed.config_path
 
 
 def _from_file(path: str) -> str | None:

@@ -29,9 +29,6 @@ import subprocess
 import sys
 import threading
 
-from .events import Publisher, timestamp
-from .proto import shim_pb2
-
 SOCKET_DIR_NAME = "uvmexec-s"
 FALLBACK_SOCKET_DIR = "/run/uvmexec-shim"
 MAX_SOCKET_PATH = 100
@@ -67,7 +64,7 @@ def socket_path(address: str, namespace: str, task_id: str) -> str:
 
 
 def start(args: argparse.Namespace) -> int:
-    from .isolation import config_path_of
+    from .runtime_options import config_path_of
 
     options = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     options_path = config_path_of(options)
@@ -101,6 +98,7 @@ def serve(args: argparse.Namespace) -> int:
     from host_proxy.local_task import LocalTask
 
     from . import isolation
+    from .events import Publisher
     from .service import SERVICE, TaskService
     from .ttrpc import Server
 
@@ -138,6 +136,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def delete(args: argparse.Namespace) -> int:
     """Clean up after a dead shim: runc's record of the container, the rootfs mount, the socket."""
+    from .wire import delete_response  # not protobuf: this short-lived command is on containerd's path
     bundle = args.bundle or os.getcwd()
     if args.id:
         subprocess.run(["runc", "delete", "--force", args.id], stdin=subprocess.DEVNULL,
@@ -149,9 +148,8 @@ def delete(args: argparse.Namespace) -> int:
             break
     with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path(args.address, args.namespace, args.id))
-    response = shim_pb2.DeleteResponse(exit_status=128 + signal.SIGKILL,
-                                       exited_at=timestamp(datetime.datetime.now(datetime.UTC)))
-    sys.stdout.buffer.write(response.SerializeToString())
+    response = delete_response(0, 128 + signal.SIGKILL, datetime.datetime.now(datetime.UTC))
+    sys.stdout.buffer.write(response)
     sys.stdout.flush()
     return 0
 
