@@ -95,6 +95,8 @@ def start(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from .prestart import prestart  # first: a process-isolated container's private agent boots meanwhile
+    prestart(args.bundle, os.environ.get(OPTIONS_ENV, ""))
     from host_proxy.local_task import LocalTask
 
     from . import isolation
