@@ -192,10 +192,11 @@ def _server_events(path: str) -> dict[str, float]:
                 continue
             if "ttrpc: serving" in line:
                 events.setdefault("serving", moment)
-            elif "private agent" in line and line.rstrip().endswith("spawned"):
-                events.setdefault("agent spawned", moment)
             elif "private agent" in line and ": ready after" in line:
+                # "private agent PID: ready after 0.316 s": spawned that long before (it may be spawned before
+                # the server configured its log)
                 events.setdefault("agent ready", moment)
+                events.setdefault("agent spawned", moment - float(line.split(": ready after ")[1].split()[0]))
             elif "ttrpc: " in line and (" called " in line or " answered " in line):
                 words = line.split("ttrpc: ", 1)[1].split()
                 events.setdefault(f"{words[0]} {words[1]}", moment)  # the first of each: the init's
