@@ -27,14 +27,17 @@ and a process, mount or shim socket that outlived it is an error.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import os
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from host_proxy.shim.testbed import (
@@ -57,33 +60,43 @@ MEMORY_TARGET = Target("<=", 1.0)  # of the target's own figure
 OURS = "uvmexec shim"
 RUNC = "runc v2 shim"
 
-#: What containerd runs as our shim: this checkout's shim; while ``DIR/trace`` exists it also notes each
-#: command's begin and end (wall clock) and keeps the server's log by a hard link that outlives the bundle.
+#: What containerd runs as a shim (ours: this checkout's; runc's: the real binary), through ``sh``: while
+#: ``DIR/trace`` exists it also notes each command's begin and end (wall clock) and the CPU time of the
+#: command's process (``times``: the children line), and keeps our server's log by a hard link that outlives
+#: the bundle. Untraced, it only execs (both shims pay that one ``sh``).
 WRAPPER = """#!/bin/sh
+{setup}
 if [ ! -e {dir}/trace ]; then
-  PYTHONPATH={project} exec {python} -m host_proxy.shim "$@"
+  exec {command} "$@"
 fi
 id=; previous=; command=
 for argument; do [ "$previous" = -id ] && id=$argument; previous=$argument; command=$argument; done
 began=$(date +%s.%N)
-PYTHONPATH={project} {python} -m host_proxy.shim -debug "$@"
+{command} {trace_flags} "$@"
 status=$?
 ended=$(date +%s.%N)
-echo "$id $command $began $ended" >> {dir}/trace.log
+exec 3>>{dir}/trace.log
+printf '%s %s %s %s ' "$id" "$command" "$began" "$ended" >&3
+times >&3
 if [ "$command" = start ] && [ -e shim.log ]; then ln -f shim.log {dir}/logs/"$id".log; fi
 exit $status
 """
+RUNC_SHIM = "containerd-shim-runc-v2"
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def _wrapper_dir(bench_dir: str) -> Callable[[str], str]:
+def _wrapper_dir(bench_dir: str, runc_shim: str) -> Callable[[str], str]:
     def make(directory: str) -> str:
         bin_dir = os.path.join(bench_dir, "bin")
         os.makedirs(bin_dir, exist_ok=True)
         os.makedirs(os.path.join(bench_dir, "logs"), exist_ok=True)
-        wrapper = os.path.join(bin_dir, SHIM)
-        with open(wrapper, "w") as script:
-            script.write(WRAPPER.format(dir=bench_dir, project=PROJECT, python=sys.executable))
-        os.chmod(wrapper, 0o755)
+        for name, setup, command, trace_flags in (
+                (SHIM, f"PYTHONPATH={PROJECT}; export PYTHONPATH", f"{sys.executable} -m host_proxy.shim", "-debug"),
+                (RUNC_SHIM, "", runc_shim, "")):
+            wrapper = os.path.join(bin_dir, name)
+            with open(wrapper, "w") as script:
+                script.write(WRAPPER.format(dir=bench_dir, setup=setup, command=command, trace_flags=trace_flags))
+            os.chmod(wrapper, 0o755)
         return bin_dir
     return make
 
@@ -204,23 +217,82 @@ def _server_events(path: str) -> dict[str, float]:
     return events
 
 
-def _traced_run(daemon: Containerd, bench_dir: str, container_id: str) -> dict[str, float]:
-    """One ``ctr run --rm true`` through our shim with the trace on: event name -> wall-clock time."""
-    began = time.time()
-    done = daemon.ctr(*daemon.run_args(container_id, "true", extra=("--rm",)), check=False)
-    events = {"ctr": began, "ctr exited": time.time()}
-    _check(done, f"ctr run --rm {container_id} true")
+def _minutes_seconds(text: str) -> float:
+    minutes, _, seconds = text.rstrip("s").partition("m")
+    return int(minutes) * 60 + float(seconds)
+
+
+def _wrapper_records(bench_dir: str, container_id: str) -> dict[str, float]:
+    """From trace.log: each command's begin and end, and the CPU seconds of its process (``times``)."""
+    found: dict[str, float] = {}
     with open(os.path.join(bench_dir, "trace.log")) as trace:
-        for line in trace:
-            words = line.split()
-            if len(words) == 4 and words[0] == container_id:
-                events[f"{words[1]} began"] = float(words[2])
-                events[f"{words[1]} ended"] = float(words[3])
+        lines = trace.read().splitlines()
+    for line, children in zip(lines, lines[1:], strict=False):
+        # "ID COMMAND BEGAN ENDED <shell user> <shell sys>" then "<children user> <children sys>"
+        words = line.split()
+        if len(words) == 6 and words[0] == container_id:
+            found[f"{words[1]} began"] = float(words[2])
+            found[f"{words[1]} ended"] = float(words[3])
+            found[f"{words[1]} cpu"] = sum(_minutes_seconds(word) for word in children.split())
+    return found
+
+
+def _adopted(exclude: int) -> list[int]:
+    """This process's children other than ``exclude`` (containerd): shims it adopted as a subreaper."""
+    mine = os.getpid()
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and int(entry) != exclude
+            and _ppid(int(entry)) == mine]
+
+
+def _reap(pid: int, timeout: float = 30.0) -> float:
+    """Wait (on a pidfd, at most ``timeout``) for an adopted shim to end; its CPU seconds and its reaped
+    children's (wait4's rusage)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return 0.0
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            raise RuntimeError(f"adopted shim process {pid} ({' '.join(_cmdline(pid))}) did not end")
+    finally:
+        os.close(pidfd)
+    _, _, usage = os.wait4(pid, 0)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _traced_run(daemon: Containerd, bench_dir: str, container_id: str, runtime: str) -> dict[str, float]:
+    """One ``ctr run --rm true`` with the trace on: event name -> wall-clock time, and "X cpu" -> seconds.
+
+    This process is a child subreaper meanwhile (the caller's doing): the shim's long-lived process, once
+    its start command exits, is its child, and reaping it tells its CPU time with its private agent's.
+    """
+    began = time.time()
+    done = daemon.ctr(*daemon.run_args(container_id, "true", extra=("--rm",), runtime=runtime), check=False)
+    events = {"ctr": began, "ctr exited": time.time()}
+    _check(done, f"ctr run --rm {container_id} true ({runtime})")
+    assert daemon.process is not None
+    events["server cpu"] = sum(_reap(pid) for pid in _adopted(daemon.process.pid))
+    events.update(_wrapper_records(bench_dir, container_id))
     log = os.path.join(bench_dir, "logs", f"{container_id}.log")
     if os.path.exists(log):
         events.update(_server_events(log))
         os.unlink(log)
     return events
+
+
+@contextlib.contextmanager
+def _subreaper(daemon: Containerd) -> Iterator[None]:
+    """This process adopts orphans meanwhile; at the end it reaps what it adopted and stops adopting."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        if daemon.process is not None:
+            for pid in _adopted(daemon.process.pid):
+                _reap(pid)
 
 
 # -- the family ------------------------------------------------------------------------------
@@ -250,7 +322,9 @@ def run(options: Options) -> list[FamilyResult]:
             exec_result.notes.append("PYTHONDONTWRITEBYTECODE is set here: containerd (and so every shim) got a "
                                      "private bytecode cache instead (PYTHONPYCACHEPREFIX), as an installed "
                                      "package has its bytecode")
-        daemon = start_containerd(image, DEFAULT_REF, shim_dir=_wrapper_dir(bench_dir), env=env)
+        runc_shim = shutil.which(RUNC_SHIM)
+        assert runc_shim is not None
+        daemon = start_containerd(image, DEFAULT_REF, shim_dir=_wrapper_dir(bench_dir, runc_shim), env=env)
         _exec_and_memory(daemon, exec_result, memory_result, options)
         _runs(daemon, bench_dir, run_result, options)
     except Exception as error:
@@ -337,26 +411,49 @@ def _runs(daemon: Containerd, bench_dir: str, result: FamilyResult, options: Opt
     result.add(f"ctr run --rm true, {OURS}", samples[f"ctr run --rm true, {OURS}"]).compare(base)
 
     traced = options.pick(2, 5)
-    options.progress(f"shim: {traced} traced runs")
+    options.progress(f"shim: {traced} traced runs each")
     phases: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
+    cpu: dict[str, dict[str, list[float]]] = {OURS: {}, RUNC: {}}
     missing: set[str] = set()
     marker = os.path.join(bench_dir, "trace")
     open(marker, "w").close()
     try:
-        for index in range(traced):
-            events = _traced_run(daemon, bench_dir, f"traced{index}")
-            for name, first, last in PHASES:
-                if first in events and last in events:
-                    phases[name].append(events[last] - events[first])
-                else:
-                    missing.update({first, last} - set(events))
+        with _subreaper(daemon):
+            for index in range(traced):
+                for name, runtime in ((RUNC, RUNC_RUNTIME), (OURS, RUNTIME)):
+                    events = _traced_run(daemon, bench_dir, f"traced-{runtime.split('.')[2]}-{index}", runtime)
+                    parts = {"start command": events.get("start cpu", 0.0),
+                             "shim process (and what it reaped)": events["server cpu"],
+                             "delete command": events.get("delete cpu", 0.0)}
+                    for part, seconds in parts.items():
+                        cpu[name].setdefault(part, []).append(seconds)
+                    cpu[name].setdefault("all", []).append(sum(parts.values()))
+                    if name != OURS:
+                        continue
+                    for phase, first, last in PHASES:
+                        if first in events and last in events:
+                            phases[phase].append(events[last] - events[first])
+                        else:
+                            missing.update({first, last} - set(events))
     finally:
         os.unlink(marker)
+    cpu_base = result.add(f"CPU per run, {RUNC} (every process of it)", cpu[RUNC]["all"], is_baseline=True)
+    result.add(f"CPU per run, {OURS} (every process of it)", cpu[OURS]["all"]).compare(cpu_base)
+    for part in ("start command", "shim process (and what it reaped)", "delete command"):
+        result.add(f"  CPU: {part}", cpu[OURS][part], note="traced runs")
     for name, _, _ in PHASES:
         if phases[name]:
             result.add(f"  phase: {name}", phases[name], note="traced runs")
-    result.notes.append(f"phases: medians of {traced} traced runs of our shim (wall clock: the wrapper's `date`, "
-                        "the server's debug log to the millisecond); untraced runs carry no trace")
+    result.notes.append(
+        f"traced runs ({traced} of each shim, alternating): CPU time is load-proof where wall time is not — the "
+        "start and delete commands' from the wrapper's `times`, the long-lived shim process's from wait4 (this "
+        "process adopts it as a child subreaper), including what it reaped: our private agent, runc, the "
+        "container's `true`")
+    for name in (RUNC, OURS):
+        result.notes.append(f"CPU per run, {name}: " + ", ".join(
+            f"{part} {median(values) * 1000:.0f} ms" for part, values in cpu[name].items() if part != "all"))
+    result.notes.append("phases: our shim's traced runs (wall clock: the wrapper's `date`, the server's debug "
+                        "log to the millisecond); untraced runs carry no trace")
     if missing:
         result.notes.append(f"not seen in the trace: {', '.join(sorted(missing))}")
     whole = [phases[name] for name, _, _ in PHASES if phases[name] and not name.startswith(" ")]
