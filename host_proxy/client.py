@@ -523,6 +523,23 @@ class AgentClient(AgentLink):
         """One round trip to the agent."""
         self.request("ping", {})
 
+    def abandon(self, why: str) -> None:
+        """The agent is known to be gone for good (say, its VM exited): stop waiting for it.
+
+        Execs of this client not yet exited end here with 255 and ``why`` (their waiters and
+        ``on_event`` are told at once, not after ``reconnect_timeout``); every request fails
+        with ``why``, which :attr:`failure` reports from then on. Records stay readable and
+        ``delete()`` still releases them."""
+        if self._closed:
+            return
+        conn = self._conn
+
+        def give_up() -> None:
+            if conn.state != "closed":
+                conn.failure = why
+                conn.close()
+        self._loop.call(give_up)
+
     def close(self) -> None:
         """Close the connection. Execs of this client not yet exited are exited here with 255
         (their processes keep running on the agent; another client can attach to them)."""

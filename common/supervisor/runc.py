@@ -103,15 +103,22 @@ class ConsoleSocket:
             pass
 
 
+#: The state root of runc for this process and its children when none is given: a containerd
+#: shim sets it per containerd and namespace (as containerd's runc shim keeps one root per
+#: namespace), so two containerds or namespaces never see each other's container ids.
+ROOT_ENV = "UVMEXEC_RUNC_ROOT"
+
+
 class Runc:
-    """One runc binary and state root. Thread-compatible: each call is its own process."""
+    """One runc binary and state root (``root``, else $UVMEXEC_RUNC_ROOT, else runc's default).
+    Thread-compatible: each call is its own process."""
 
     def __init__(self, binary: str = "runc", root: str | None = None, timeout: float = RUNC_TIMEOUT) -> None:
         found = shutil.which(binary, path=os.pathsep.join(filter(None, [os.environ.get("PATH"), DEFAULT_PATH])))
         if found is None:
             raise UnavailableError(f"runc is not installed on this machine (no {binary!r} in PATH)")
         self.binary = found
-        self.root = root
+        self.root = root if root is not None else (os.environ.get(ROOT_ENV) or None)
         self.timeout = timeout
         # runc runs with a clean environment (nothing like NOTIFY_SOCKET or LISTEN_FDS leaks into
         # a container) as this process's own identity.

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import datetime
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ import threading
 SOCKET_DIR_NAME = "uvmexec-s"
 FALLBACK_SOCKET_DIR = "/run/uvmexec-shim"
 MAX_SOCKET_PATH = 100
+SANDBOX_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 LISTEN_FD_ENV = "UVMEXEC_SHIM_LISTEN_FD"
 OPTIONS_ENV = "UVMEXEC_SHIM_OPTIONS_PATH"
 LOG = logging.getLogger("containerd-shim-uvmexec-v1")
@@ -63,16 +65,53 @@ def socket_path(address: str, namespace: str, task_id: str) -> str:
     return os.path.join(directory, name)
 
 
+def group_of(bundle: str, task_id: str) -> str:
+    """The shim group of the container in ``bundle``: its pod (``io.kubernetes.cri.sandbox-id``) or itself.
+
+    As containerd's runc shim does: the containers of one pod share one shim — and,
+    in hypervisor isolation, that shim's one utility VM.
+    """
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as config_file:
+            annotations = json.load(config_file).get("annotations") or {}
+        sandbox = annotations.get(SANDBOX_ANNOTATION)
+    except (OSError, ValueError, AttributeError):
+        return task_id  # Create reports what is wrong with config.json, naming the field
+    return sandbox if isinstance(sandbox, str) and sandbox else task_id
+
+
+def _alive(path: str) -> bool:
+    """True if a shim answers on the socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def runc_root(address: str, namespace: str) -> str:
+    """runc's state root for process isolation: one per containerd and namespace, as the runc shim
+    keeps one per namespace, so two containerds (or namespaces) may each have a container "c1"."""
+    parent = os.path.dirname(os.path.abspath(address)) if address else "/run/uvmexec-shim"
+    return os.path.join(parent, "uvmexec-runc", namespace or "default")
+
+
 def start(args: argparse.Namespace) -> int:
     from .runtime_options import config_path_of
 
     options = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     options_path = config_path_of(options)
     bundle = os.getcwd()
-    path = socket_path(args.address, args.namespace, args.id)
+    group = group_of(bundle, args.id)
+    path = socket_path(args.address, args.namespace, group)
     os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    if group != args.id and _alive(path):
+        return _print_address(bundle, path)  # the pod's shim serves this container too
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a socket left by a SIGKILLed shim of the same id
+        os.unlink(path)  # a socket left by a SIGKILLed shim of the same group
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
@@ -81,11 +120,15 @@ def start(args: argparse.Namespace) -> int:
     env[OPTIONS_ENV] = options_path
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "host_proxy.shim", "-namespace", args.namespace, "-address", args.address,
-               "-id", args.id, "-bundle", bundle, "-socket", path] + (["-debug"] if args.debug else []) + ["serve"]
+               "-id", group, "-bundle", bundle, "-socket", path] + (["-debug"] if args.debug else []) + ["serve"]
     with open(os.path.join(bundle, "shim.log"), "ab") as log:
         subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=bundle, env=env,
                          pass_fds=[listener.fileno()], start_new_session=True)
     listener.close()
+    return _print_address(bundle, path)
+
+
+def _print_address(bundle: str, path: str) -> int:
     address = f"unix://{path}"
     with open(os.path.join(bundle, "address"), "w") as address_file:
         address_file.write(address)
@@ -96,17 +139,21 @@ def start(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from .prestart import prestart  # first: a process-isolated container's private agent boots meanwhile
-    prestart(args.bundle, os.environ.get(OPTIONS_ENV, ""))
+    prestart(args.bundle, os.environ.get(OPTIONS_ENV, ""), runc_root(args.address, args.namespace))
+    from common.errors import ExecError
+    from common.supervisor.runc import ROOT_ENV
     from host_proxy.local_task import LocalTask
 
     from . import isolation
     from .events import Publisher
+    from .sandbox import UtilityVM, VMOptions, run_dir_for
     from .service import SERVICE, TaskService
     from .ttrpc import Server
 
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     listener = socket.socket(fileno=int(os.environ.pop(LISTEN_FD_ENV)))
+    os.environ[ROOT_ENV] = runc_root(args.address, args.namespace)  # the private agent's runc inherits it
     publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), args.namespace)
     server = Server({})
     stopping = threading.Event()
@@ -116,11 +163,19 @@ def serve(args: argparse.Namespace) -> int:
         stopping.set()
         threading.Thread(target=server.close, daemon=True).start()
 
+    options_path = os.environ.get(OPTIONS_ENV, "")
+    try:
+        vm_options = isolation.vm_options(options_path)
+    except ExecError as error:
+        LOG.error("%s; the utility VM gets the defaults", error.message)  # Create refuses the file, naming it
+        vm_options = VMOptions()
+    vm = UtilityVM(run_dir_for(args.address, args.namespace, args.id), vm_options)
     service = TaskService(
         publisher,
         {isolation.PROCESS: lambda task_id, bundle, stdio, mounts, on_event: LocalTask(
-            task_id, bundle, stdio, rootfs=mounts, on_event=on_event)},
-        options_path=os.environ.get(OPTIONS_ENV, ""), on_shutdown=on_shutdown)
+            task_id, bundle, stdio, rootfs=mounts, on_event=on_event),
+         isolation.HYPERVISOR: vm.create_task},
+        options_path=options_path, on_shutdown=on_shutdown)
     server = Server({SERVICE: service.methods()})
     with open(os.path.join(args.bundle, "shim.pid"), "w") as pid_file:  # as the runc shim: who to kill
         pid_file.write(str(os.getpid()))
@@ -132,24 +187,35 @@ def serve(args: argparse.Namespace) -> int:
         listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.socket)
+        vm.close()
         publisher.close()
     return 0
 
 
 def delete(args: argparse.Namespace) -> int:
-    """Clean up after a dead shim: runc's record of the container, the rootfs mount, the socket."""
+    """Clean up after a dead shim: runc's record of the container, the rootfs mount, its VM, the socket.
+
+    containerd also runs this after a clean Shutdown, and after the delete of one container of
+    a pod whose shim still serves the others: a shim that answers keeps its VM and socket.
+    """
+    from .sandbox import cleanup_after_dead_shim
     from .wire import delete_response  # not protobuf: this short-lived command is on containerd's path
+
     bundle = args.bundle or os.getcwd()
+    path = socket_path(args.address, args.namespace, group_of(bundle, args.id))
+    if not _alive(path):
+        for done in cleanup_after_dead_shim(bundle):
+            LOG.info("delete %s: %s", args.id, done)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     if args.id:
-        subprocess.run(["runc", "delete", "--force", args.id], stdin=subprocess.DEVNULL,
+        subprocess.run(["runc", "--root", runc_root(args.address, args.namespace), "delete", "--force", args.id], stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     rootfs = os.path.join(bundle, "rootfs")
     while os.path.ismount(rootfs):
         if subprocess.run(["umount", "-l", rootfs], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, check=False).returncode != 0:
             break
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket_path(args.address, args.namespace, args.id))
     response = delete_response(0, 128 + signal.SIGKILL, datetime.datetime.now(datetime.UTC))
     sys.stdout.buffer.write(response)
     sys.stdout.flush()

@@ -13,16 +13,25 @@ before.
 
 from __future__ import annotations
 
+import os
+
 from common.errors import ExecError
 
 from . import isolation
 
+#: ``common.supervisor.runc.ROOT_ENV`` (tests/shim/test_prestart.py holds them equal): importing that
+#: package here would delay the spawn by its imports.
+RUNC_ROOT_ENV = "UVMEXEC_RUNC_ROOT"
 
-def prestart(bundle: str, options_path: str) -> None:
+
+def prestart(bundle: str, options_path: str, runc_root: str) -> None:
     """Spawn the private agent now if the container in ``bundle`` will run in process isolation.
 
-    Call it from the server's main thread (the agent dies with the thread that spawned it).
+    ``runc_root`` is the runc state root the server gives its agent's runc (through the environment,
+    which the agent inherits). Call it from the server's main thread (the agent dies with the thread
+    that spawned it).
     """
+    os.environ[RUNC_ROOT_ENV] = runc_root
     try:
         chosen = isolation.choose(bundle, options_path)
     except ExecError:

@@ -17,6 +17,7 @@ it was forwarded — and /tasks/delete after the Delete of a task.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,12 +48,13 @@ from common.task import Mount, Task
 
 from . import isolation, ttrpc
 from .events import Publisher, timestamp
-from .proto import events_pb2, shim_pb2, task_types_pb2
+from .proto import events_pb2, runc_options_pb2, shim_pb2, task_types_pb2
 
 LOG = logging.getLogger(__name__)
 
 SERVICE = "containerd.task.v2.Task"
 PROCESS_SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+PROCESS_DETAILS_TYPE = "containerd.runc.v1.ProcessDetails"
 
 ERROR_CODES: dict[type[ExecError], int] = {
     NotFoundError: ttrpc.NOT_FOUND,
@@ -273,8 +275,27 @@ class TaskService:
                                        exited_at=timestamp(final.exited_at))
 
     def pids(self, request: shim_pb2.PidsRequest) -> shim_pb2.PidsResponse:
-        processes = self._record(request.id).task.pids()
-        return shim_pb2.PidsResponse(processes=[task_types_pb2.ProcessInfo(pid=info.pid) for info in processes])
+        record = self._record(request.id)
+        processes = record.task.pids()
+        with self._lock:
+            execs = list(record.execs.items())
+        # As the runc shim: a pid that is an exec's carries its exec id (`ctr task ps` shows it under INFO).
+        exec_of = {}
+        for exec_id, process in execs:
+            with contextlib.suppress(ExecError):
+                pid = process.status().pid
+                if pid:
+                    exec_of[pid] = exec_id
+        answer = shim_pb2.PidsResponse()
+        for info in processes:
+            entry = answer.processes.add(pid=info.pid)
+            if info.pid in exec_of:
+                # The type URL as containerd's typeurl registers it (no type.googleapis.com/ prefix):
+                # `ctr task ps` fails on one it cannot resolve.
+                entry.info.type_url = PROCESS_DETAILS_TYPE
+                entry.info.value = runc_options_pb2.ProcessDetails(
+                    exec_id=exec_of[info.pid]).SerializeToString()
+        return answer
 
     def connect(self, request: shim_pb2.ConnectRequest) -> shim_pb2.ConnectResponse:
         with self._lock:

@@ -25,12 +25,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .main import runc_root
+
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIM = "containerd-shim-uvmexec-v1"
 RUNTIME = "io.containerd.uvmexec.v1"
 RUNC_RUNTIME = "io.containerd.runc.v2"
 PROCESS_ISOLATION = ["--annotation", "io.uvmexec.isolation=process"]
-CTR_TIMEOUT = 60
+CTR_TIMEOUT = 240  # a Create in hypervisor isolation boots a VM (TCG here)
 BOOT_TIMEOUT = 30
 LEFTOVER_GRACE = 15.0
 
@@ -102,7 +104,8 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _ends_within(pid: int, timeout: float) -> bool:
+def ends_within(pid: int, timeout: float) -> bool:
+    """True if process ``pid`` ends (or is gone) within ``timeout`` seconds (waits on a pidfd)."""
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -125,6 +128,8 @@ class Containerd:
     env: dict[str, str]
     config: str
     image: str
+    #: What ``run_args`` asks of our shim: ``process`` or ``hypervisor``.
+    isolation: str = "process"
     process: subprocess.Popen[bytes] | None = None
     logger: threading.Thread | None = None
 
@@ -169,7 +174,7 @@ class Containerd:
 
     def run_args(self, container_id: str, *command: str, extra: tuple[str, ...] = (),
                  runtime: str = RUNTIME) -> list[str]:
-        isolation = PROCESS_ISOLATION if runtime == RUNTIME else []
+        isolation = ["--annotation", f"io.uvmexec.isolation={self.isolation}"] if runtime == RUNTIME else []
         return ["run", "--fifo-dir", self.fifo_dir, "--runtime", runtime, *isolation, *extra,
                 self.image, container_id, *command]
 
@@ -185,16 +190,27 @@ class Containerd:
     def log_path(self) -> str:
         return os.path.join(self.directory, "containerd.log")
 
+    def runc_ids(self) -> list[str]:
+        """The containers in the runc state root the shim keeps for this containerd's namespace."""
+        root = runc_root(self.address, "default")
+        if not os.path.isdir(root):
+            return []
+        listed = subprocess.run(["runc", "--root", root, "list", "-q"], capture_output=True, text=True,
+                                check=True, timeout=30)
+        return listed.stdout.split()
+
     def bundle(self, container_id: str) -> str:
         return os.path.join(self.state, "io.containerd.runtime.v2.task", "default", container_id)
 
 
 def start_containerd(image_tarball: str, image: str, *, debug: bool = False,
-                     shim_dir: Callable[[str], str] = shim_bin_dir, env: dict[str, str] | None = None) -> Containerd:
+                     shim_dir: Callable[[str], str] = shim_bin_dir, env: dict[str, str] | None = None,
+                     isolation: str = "process") -> Containerd:
     """A private containerd serving, with ``image_tarball`` imported (its name: ``image``); stop it with
     :func:`stop_containerd`. ``debug``: containerd logs at debug level and runs shims with ``-debug``.
     ``shim_dir(directory)`` names the directory put first on containerd's PATH (default: :func:`shim_bin_dir`);
-    ``env`` is containerd's environment, and so its shims' (default: this process's)."""
+    ``env`` is containerd's environment, and so its shims' (default: this process's); ``isolation`` is
+    what :meth:`Containerd.run_args` asks of our shim."""
     if shutil.which("containerd") is None or shutil.which("ctr") is None:
         raise RuntimeError("containerd and ctr are not installed: run .ci/setup")
     directory = tempfile.mkdtemp(prefix="uvm-ctd-", dir="/tmp")  # short: sockets live in it
@@ -211,7 +227,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "{address}.ttrpc"
 """ + ('[debug]\n  level = "debug"\n' if debug else ""))
     env = dict(os.environ if env is None else env)
-    daemon = Containerd(directory, address, env, config, image)
+    daemon = Containerd(directory, address, env, config, image, isolation)
     try:
         env["PATH"] = os.pathsep.join([shim_dir(directory), env.get("PATH", "")])
         daemon.launch()
@@ -236,12 +252,14 @@ def _keep_log(process: subprocess.Popen[bytes], path: str, booted: threading.Eve
 class Leftovers:
     """What :func:`stop_containerd` found still there after containerd stopped (and then removed)."""
 
+    runc_containers: list[str] = field(default_factory=list)
     processes: list[str] = field(default_factory=list)
     mounts: list[str] = field(default_factory=list)
     sockets: list[str] = field(default_factory=list)
+    vm_run_dirs: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.processes or self.mounts or self.sockets)
+        return bool(self.runc_containers or self.processes or self.mounts or self.sockets or self.vm_run_dirs)
 
 
 def stop_containerd(daemon: Containerd) -> Leftovers:
@@ -251,13 +269,17 @@ def stop_containerd(daemon: Containerd) -> Leftovers:
             daemon.ctr("task", "kill", "-s", "KILL", container, check=False)
             daemon.ctr("task", "rm", "-f", container, check=False)
             daemon.ctr("containers", "rm", container, check=False)
+    found = Leftovers()
+    found.runc_containers = daemon.runc_ids()
+    for container in found.runc_containers:
+        subprocess.run(["runc", "--root", runc_root(daemon.address, "default"), "delete", "--force", container],
+                       capture_output=True, check=False, timeout=30)
     children = descendants(daemon.process.pid) if daemon.process is not None else []
     daemon.terminate()
     # A `delete` command containerd started just before it stopped may still be finishing: give each
     # process naming our directory a bounded while to end; what outlives it is a leak.
-    found = Leftovers()
     found.processes = [line for line in processes_naming(daemon.directory)
-                       if not _ends_within(int(line.split(":")[0]), LEFTOVER_GRACE)]
+                       if not ends_within(int(line.split(":")[0]), LEFTOVER_GRACE)]
     for pid in children + [int(line.split(":")[0]) for line in found.processes]:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -266,5 +288,7 @@ def stop_containerd(daemon: Containerd) -> Leftovers:
     found.mounts = _mounts_under(daemon.directory)
     sockets = os.path.join(daemon.directory, "uvmexec-s")
     found.sockets = os.listdir(sockets) if os.path.isdir(sockets) else []
+    vms = os.path.join(daemon.directory, "uvmexec-vm")
+    found.vm_run_dirs = os.listdir(vms) if os.path.isdir(vms) else []
     shutil.rmtree(daemon.directory, ignore_errors=True)
     return found

@@ -2,9 +2,10 @@
 
 Each test gets its own containerd (own config, root, state and sockets; the
 CRI plugin off), started here and stopped after the test, and then nothing
-may be left: no process naming the test's directory, no mount under it, no
-shim socket. The helpers live in :mod:`host_proxy.shim.testbed` (the
-benchmarks use them too); the report header says which shim containerd runs.
+may be left: no runc container, no process naming the test's directory, no
+mount under it, no shim socket, no utility VM run directory. The helpers
+live in :mod:`host_proxy.shim.testbed` (the benchmarks use them too); the
+report header says which shim containerd runs.
 """
 
 from __future__ import annotations
@@ -19,12 +20,18 @@ from host_proxy.shim.testbed import (
     SHIM,
     Containerd,
     describe_shim,
+    ends_within,
     start_containerd,
     stop_containerd,
 )
+from vm_images import build_image
 from vm_images.oci_image import DEFAULT_REF, write_image_tarball
 
-__all__ = ["PROCESS_ISOLATION", "RUNTIME", "SHIM", "Containerd"]
+__all__ = ["BOTH_ISOLATIONS", "PROCESS_ISOLATION", "RUNTIME", "SHIM", "Containerd", "ends_within"]
+
+#: For a test that must hold in both isolations: the ``containerd`` fixture's containers get each in turn.
+BOTH_ISOLATIONS = pytest.mark.parametrize(
+    "containerd", ["process", pytest.param("hypervisor", marks=pytest.mark.vm)], indirect=True)
 
 
 def pytest_report_header() -> str:
@@ -43,9 +50,14 @@ def write_image_tarball_at(path: str) -> str:
 
 
 @pytest.fixture
-def containerd(busybox_image: str) -> Iterator[Containerd]:
+def containerd(request: pytest.FixtureRequest, busybox_image: str) -> Iterator[Containerd]:
+    """A private containerd; its ``run_args`` ask for process isolation, or the test's parameter
+    (:data:`BOTH_ISOLATIONS`)."""
+    isolation = getattr(request, "param", "process")
+    if isolation == "hypervisor":
+        build_image()  # cached after the first: the shim boots it
     try:
-        daemon = start_containerd(busybox_image, DEFAULT_REF)
+        daemon = start_containerd(busybox_image, DEFAULT_REF, isolation=isolation)
     except RuntimeError as error:
         pytest.fail(str(error))
     try:
@@ -54,6 +66,8 @@ def containerd(busybox_image: str) -> Iterator[Containerd]:
         assert not leftovers, f"tasks left behind: {leftovers}"
     finally:
         found = stop_containerd(daemon)
+        assert not found.runc_containers, f"runc containers left behind: {found.runc_containers}"
         assert not found.processes, f"processes left behind: {found.processes}"
         assert not found.mounts, f"mounts left behind: {found.mounts}"
         assert not found.sockets, f"shim sockets left behind: {found.sockets}"
+        assert not found.vm_run_dirs, f"utility VM run directories left behind: {found.vm_run_dirs}"

@@ -50,3 +50,26 @@ def test_an_unknown_value_in_the_environment_is_refused_naming_the_variable(
     monkeypatch.setenv(isolation.ENVIRONMENT, "vm")
     with pytest.raises(InvalidArgumentError, match=f"environment variable {isolation.ENVIRONMENT}: unknown isolation 'vm'"):
         isolation.choose(_bundle(tmp_path), "")
+
+
+def test_the_options_file_sizes_the_utility_vm(tmp_path: Path) -> None:
+    path = tmp_path / "options.toml"
+    path.write_text('isolation = "hypervisor"\nmemory_mb = 1024\ncpus = 1\nboot_timeout = 30.5\n')
+    assert isolation.vm_options(str(path)) == isolation.VMOptions(memory_mb=1024, cpus=1, boot_timeout=30.5)
+    assert isolation.vm_options("") == isolation.VMOptions()
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ('memory_mb = "1G"', "memory_mb must be a number in [128, 65536], not '1G'"),
+    ("memory_mb = 64", "memory_mb must be a number in [128, 65536], not 64"),
+    ("cpus = true", "cpus must be a number in [1, 64], not True"),
+    ("boot_timeout = 0", "boot_timeout must be a number in [1, 3600], not 0"),
+    ("isolation = 3", "isolation must be str, not 3"),
+    ("memory = 512", "unknown option 'memory'"),
+])
+def test_a_bad_option_is_refused_naming_the_file_and_the_key(tmp_path: Path, line: str, words: str) -> None:
+    path = tmp_path / "options.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(InvalidArgumentError, match="runtime options file") as raised:
+        isolation.vm_options(str(path))
+    assert words in raised.value.message

@@ -96,3 +96,61 @@ def test_wait_answers_only_after_containerd_took_the_exit_event(tmp_path, fake_c
         publisher.close()
     assert task_id not in runc_ids()
     assert mounts_at_or_under(bundle.path) == []
+
+
+def _failing_create(service: TaskService, request: shim_pb2.CreateTaskRequest) -> ttrpc.RpcError:
+    """Create through the method table containerd's calls go through; the RpcError it answers."""
+    with pytest.raises(ttrpc.RpcError) as raised:
+        service.methods()["Create"](request.SerializeToString())
+    return raised.value
+
+
+def _process_service(tmp_path) -> TaskService:
+    publisher = Publisher(str(tmp_path / "events.sock"), "default")
+    return TaskService(publisher, {isolation.PROCESS: lambda task_id, path, stdio, mounts, on_event: LocalTask(
+        task_id, path, stdio, rootfs=mounts, on_event=on_event)})
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda config: config.update(process={"args": "sh"}), "process.args"),
+    (lambda config: config.update(root=7), "root"),
+    (lambda config: config["annotations"].update({isolation.ANNOTATION: "vm"}), "unknown isolation 'vm'"),
+])
+def test_a_config_json_that_is_not_valid_is_invalid_argument_naming_the_field(
+        tmp_path, fake_containerd: FakeContainerd, change, words: str) -> None:
+    bundle = make_bundle(tmp_path / "bundle", ProcessSpec(args=["true"], env=["PATH=/bin"]))
+    config_path = os.path.join(bundle.path, "config.json")
+    with open(config_path) as config_file:
+        config = json.load(config_file)
+    config["annotations"] = {isolation.ANNOTATION: isolation.PROCESS}
+    change(config)
+    with open(config_path, "w") as config_file:
+        json.dump(config, config_file)
+    task_id = f"uvmexec-shim-bad-{os.getpid()}"
+    rootfs = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
+              for mount in bundle.rootfs]
+    error = _failing_create(_process_service(tmp_path),
+                            shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=rootfs))
+    assert error.code == ttrpc.INVALID_ARGUMENT and words in error.message, error
+    assert task_id not in runc_ids()
+    assert mounts_at_or_under(bundle.path) == []
+    assert fake_containerd.topics == []
+
+
+def test_a_rootfs_mount_that_fails_is_refused_and_leaves_no_mount(tmp_path, fake_containerd: FakeContainerd) -> None:
+    bundle = make_bundle(tmp_path / "bundle", ProcessSpec(args=["true"], env=["PATH=/bin"]))
+    config_path = os.path.join(bundle.path, "config.json")
+    with open(config_path) as config_file:
+        config = json.load(config_file)
+    config["annotations"] = {isolation.ANNOTATION: isolation.PROCESS}
+    with open(config_path, "w") as config_file:
+        json.dump(config, config_file)
+    task_id = f"uvmexec-shim-mount-{os.getpid()}"
+    good = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
+            for mount in bundle.rootfs]
+    bad = mount_pb2.Mount(type="bind", source=str(tmp_path / "no-such-dir"), options=["rbind", "ro"])
+    error = _failing_create(_process_service(tmp_path),
+                            shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=[*good, bad]))
+    assert error.code == ttrpc.INVALID_ARGUMENT and "no-such-dir" in error.message, error
+    assert task_id not in runc_ids()
+    assert mounts_at_or_under(bundle.path) == []

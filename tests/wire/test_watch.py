@@ -8,6 +8,7 @@ import queue
 import pytest
 
 from common import ProcessSpec
+from common.errors import UnavailableError
 from host_proxy import AgentClient
 from tests.support.agent import AgentProcess
 from tests.support.procs import descendants, kill_and_wait
@@ -53,3 +54,20 @@ def test_restarted_comes_before_the_exits_it_causes(workdir: str):
             assert sleeper.wait(timeout=20).exit_status == 255
     finally:
         agent.stop()
+
+
+def test_abandon_ends_the_execs_at_once_with_the_reason_and_delete_still_answers(
+        tcp_agent: AgentProcess, keys, relay: TcpRelay):
+    """A caller that knows the agent is gone for good (its VM exited) need not wait out
+    ``reconnect_timeout``: ``abandon`` ends every exec not yet exited with 255 and the reason."""
+    with AgentClient.connect(relay.endpoint, server_key=keys.agent_public, client_key=keys.client_secret,
+                             reconnect_timeout=600) as client:
+        sleeper = client.create_exec("t", "e", ProcessSpec(args=["sleep", "60"]))
+        sleeper.start()
+        relay.go_down()
+        client.abandon("the VM exited")
+        assert sleeper.wait(timeout=10).exit_status == 255
+        assert sleeper.lost_reason == client.failure == "the VM exited"
+        assert sleeper.delete().exit_status == 255
+        with pytest.raises(UnavailableError, match="the VM exited"):
+            client.ping()
