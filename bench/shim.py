@@ -445,7 +445,7 @@ def _runs(daemon: Containerd, bench_dir: str, result: FamilyResult, options: Opt
         if phases[name]:
             result.add(f"  phase: {name}", phases[name], note="traced runs")
     result.notes.append(
-        f"traced runs ({traced} of each shim, alternating): CPU time is load-proof where wall time is not — the "
+        f"traced runs ({traced} of each shim, alternating): CPU time moves far less with load than wall time — the "
         "start and delete commands' from the wrapper's `times`, the long-lived shim process's from wait4 (this "
         "process adopts it as a child subreaper), including what it reaped: our private agent, runc, the "
         "container's `true`")
