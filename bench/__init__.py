@@ -8,6 +8,8 @@ module each:
 - :mod:`bench.lifecycle` — create/start/wait/delete of ``true`` vs ``subprocess.run``;
 - :mod:`bench.throughput` — stdout streamed into a host file vs ``LocalExec``;
 - :mod:`bench.fanout` — many concurrent ``sleep`` execs on one connection;
+- :mod:`bench.shim` — ``ctr task exec``, ``ctr run --rm`` and memory through our containerd shim vs
+  containerd's runc v2 shim;
 - :mod:`bench.guest` — the same guest reached by uvmexec, SSH and qemu-ga.
 
 :mod:`bench.report` formats the table; :mod:`bench.measure` holds the timing,

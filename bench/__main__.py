@@ -34,6 +34,7 @@ FAMILIES = {
     "fanout": "bench.fanout",
     "lost_agent": "bench.lost_agent",
     "tasks": "bench.tasks",
+    "shim": "bench.shim",
     "guest": "bench.guest",
     "guest-tasks": "bench.guest_tasks",
     "cli": "bench.cli",

@@ -1,7 +1,9 @@
 """Figures, their comparisons with baselines, and the table that prints them.
 
 A :class:`Figure` is one case's samples (seconds per iteration, or seconds per
-run for a throughput figure, shown as MiB/s). Each figure may carry
+run for a throughput figure, shown as MiB/s, or sizes in bytes for a memory
+figure, ``unit="bytes"``, shown in MiB; a size compares as a time does: lower
+is better). Each figure may carry
 :class:`Comparison`\\ s: its ratio against a baseline figure measured in the
 same invocation, and optionally a :class:`Target` for that ratio. Ratios of
 times are ``case / baseline`` (lower is better); ratios of rates are
@@ -72,6 +74,7 @@ class Figure:
     comparisons: list[Comparison] = field(default_factory=list)
     note: str = ""
     is_baseline: bool = False
+    unit: str = "seconds"  # or "bytes" (a memory figure)
 
     @property
     def is_rate(self) -> bool:
@@ -117,6 +120,8 @@ class Figure:
                 for c in self.comparisons
             ],
         }
+        if self.unit != "seconds":
+            data["unit"] = self.unit  # median_s, p99_s, ... then hold that unit
         if self.bytes_per_run is not None:
             data["bytes_per_run"] = self.bytes_per_run
             data["median_mib_s"] = self.bytes_per_run / self.median / MIB
@@ -184,7 +189,9 @@ def format_time(seconds: float) -> str:
 
 
 def format_values(figure: Figure) -> tuple[str, str]:
-    """(median, p99) as shown: times, or MiB/s (the p99 column is the rate of the p99 run)."""
+    """(median, p99) as shown: times, MiB, or MiB/s (the p99 column is the rate of the p99 run)."""
+    if figure.unit == "bytes":
+        return f"{figure.median / MIB:.1f} MiB", f"{figure.p99 / MIB:.1f} MiB"
     if figure.bytes_per_run is not None:
         return (f"{figure.bytes_per_run / figure.median / MIB:.0f} MiB/s",
                 f"{figure.bytes_per_run / figure.p99 / MIB:.0f} MiB/s")

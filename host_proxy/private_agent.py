@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import logging
 import os
 import select
 import shutil
@@ -37,6 +38,8 @@ from common.errors import UnavailableError
 
 if TYPE_CHECKING:
     from .client import AgentClient
+
+log = logging.getLogger(__name__)
 
 READY_PREFIX = b"uvm-agent ready "
 PR_SET_PDEATHSIG = 1
@@ -97,6 +100,7 @@ class AgentChild:
         finally:
             if log_file is not None:
                 log_file.close()
+        log.debug("private agent %d: spawned", self.process.pid)
         return self
 
     @property
@@ -119,6 +123,7 @@ class AgentChild:
             raise UnavailableError(f"the private agent {state}: {detail}")
         self.endpoint = line.decode().split()[2]
         self.startup_seconds = time.monotonic() - self._began
+        log.debug("private agent %d: ready after %.3f s", self.process.pid, self.startup_seconds)
         return self
 
     @staticmethod
@@ -173,7 +178,37 @@ def read_line(fd: int, timeout: float) -> bytes:
 
 
 _shared: tuple[AgentChild, AgentClient] | None = None
+_early: AgentChild | None = None  # guarded by _shared_lock: spawned by spawn_private_agent(), not yet taken
 _shared_lock = threading.Lock()
+
+
+def spawn_private_agent() -> None:
+    """Start this process's private agent now and return at once: :func:`private_client` takes it
+    later, waiting for its ready line then. For a process that knows early it will need one — the
+    containerd shim's server, whose agent then boots while the server imports its modules.
+
+    Call it from a thread that lives as long as the process (the main thread of a daemon): the
+    agent dies with the thread that spawned it. A failure to spawn is left for
+    :func:`private_client` to meet and report.
+    """
+    global _early
+    with _shared_lock:
+        if _shared is not None or _early is not None:
+            return
+        try:
+            _early = AgentChild().spawn()
+        except UnavailableError as error:
+            log.debug("private agent: early spawn failed: %s", error)
+
+
+def _take_early() -> AgentChild | None:
+    """The agent :func:`spawn_private_agent` started, if it is still there (under _shared_lock)."""
+    global _early
+    early, _early = _early, None
+    if early is not None and not early.alive:
+        early.stop()
+        return None
+    return early
 
 
 def private_client() -> AgentClient:
@@ -192,7 +227,8 @@ def private_client() -> AgentClient:
             return _shared[1]
         if _shared is not None:
             _stop(_shared)
-        child = shared_loop().call(lambda: AgentChild().spawn())
+        early = _take_early()
+        child = early if early is not None else shared_loop().call(lambda: AgentChild().spawn())
         try:
             child.wait_ready()
             client = AgentClient.connect(child.endpoint)
@@ -212,17 +248,21 @@ def _stop(shared: tuple[AgentChild, AgentClient]) -> None:
 def stop_private_agent() -> None:
     """Stop this process's private agent (it kills and deletes its containers first); it starts
     again on next use. Registered to run at exit."""
-    global _shared
+    global _shared, _early
     with _shared_lock:
         shared, _shared = _shared, None
+        early, _early = _early, None
     if shared is not None:
         _stop(shared)
+    if early is not None:
+        early.stop()
 
 
 def _forget_after_fork() -> None:
     # The child shares none of the parent's threads or sockets; it starts its own agent if it needs one.
-    global _shared, _shared_lock
+    global _shared, _early, _shared_lock
     _shared = None
+    _early = None
     _shared_lock = threading.Lock()
 
 

@@ -24,12 +24,10 @@ import json
 import os
 import tomllib
 
-from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
-
 from common.errors import InvalidArgumentError, describe
 
-from .proto import runtimeoptions_pb2
+from .runtime_options import RUNTIME_OPTIONS_TYPE as RUNTIME_OPTIONS_TYPE
+from .runtime_options import config_path_of as config_path_of
 from .sandbox import VMOptions
 
 ANNOTATION = "io.uvmexec.isolation"
@@ -38,29 +36,12 @@ HYPERVISOR = "hypervisor"
 ISOLATIONS = (PROCESS, HYPERVISOR)
 DEFAULT_ISOLATION = HYPERVISOR
 ENVIRONMENT = "UVMEXEC_ISOLATION"
-RUNTIME_OPTIONS_TYPE = "runtimeoptions.v1.Options"
 #: The runtime options file's keys: the isolation, and how a utility VM is booted.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "isolation": (str,), "memory_mb": (int,), "cpus": (int,), "boot_timeout": (int, float)}
 OPTION_RANGES: dict[str, tuple[float, float]] = {
     "memory_mb": (128, 65536), "cpus": (1, 64), "boot_timeout": (1, 3600)}
 MAX_OPTIONS_FILE_BYTES = 64 * 1024
-
-
-def config_path_of(options: bytes) -> str:
-    """The options file's path in what containerd wrote to the start command's stdin ("" for none)."""
-    if not options:
-        return ""
-    wrapper = any_pb2.Any()
-    try:
-        wrapper.ParseFromString(options)
-        if not wrapper.type_url.endswith(RUNTIME_OPTIONS_TYPE):
-            return ""
-        parsed = runtimeoptions_pb2.Options()
-        parsed.ParseFromString(wrapper.value)
-    except DecodeError as error:
-        raise InvalidArgumentError(f"runtime options: not a runtimeoptions.v1.Options: {error}") from None
-    return parsed.config_path
 
 
 def _read_options(path: str) -> dict[str, object]:

@@ -30,9 +30,6 @@ import subprocess
 import sys
 import threading
 
-from .events import Publisher, timestamp
-from .proto import shim_pb2
-
 SOCKET_DIR_NAME = "uvmexec-s"
 FALLBACK_SOCKET_DIR = "/run/uvmexec-shim"
 MAX_SOCKET_PATH = 100
@@ -103,7 +100,7 @@ def runc_root(address: str, namespace: str) -> str:
 
 
 def start(args: argparse.Namespace) -> int:
-    from .isolation import config_path_of
+    from .runtime_options import config_path_of
 
     options = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     options_path = config_path_of(options)
@@ -141,11 +138,14 @@ def _print_address(bundle: str, path: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from .prestart import prestart  # first: a process-isolated container's private agent boots meanwhile
+    prestart(args.bundle, os.environ.get(OPTIONS_ENV, ""), runc_root(args.address, args.namespace))
     from common.errors import ExecError
     from common.supervisor.runc import ROOT_ENV
     from host_proxy.local_task import LocalTask
 
     from . import isolation
+    from .events import Publisher
     from .sandbox import UtilityVM, VMOptions, run_dir_for
     from .service import SERVICE, TaskService
     from .ttrpc import Server
@@ -199,6 +199,7 @@ def delete(args: argparse.Namespace) -> int:
     a pod whose shim still serves the others: a shim that answers keeps its VM and socket.
     """
     from .sandbox import cleanup_after_dead_shim
+    from .wire import delete_response  # not protobuf: this short-lived command is on containerd's path
 
     bundle = args.bundle or os.getcwd()
     path = socket_path(args.address, args.namespace, group_of(bundle, args.id))
@@ -215,9 +216,8 @@ def delete(args: argparse.Namespace) -> int:
         if subprocess.run(["umount", "-l", rootfs], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, check=False).returncode != 0:
             break
-    response = shim_pb2.DeleteResponse(exit_status=128 + signal.SIGKILL,
-                                       exited_at=timestamp(datetime.datetime.now(datetime.UTC)))
-    sys.stdout.buffer.write(response.SerializeToString())
+    response = delete_response(0, 128 + signal.SIGKILL, datetime.datetime.now(datetime.UTC))
+    sys.stdout.buffer.write(response)
     sys.stdout.flush()
     return 0
 

@@ -50,3 +50,18 @@ def test_messages_encode_as_containerd_encodes_them() -> None:
     forward = events_service_pb2.ForwardRequest(envelope=events_service_pb2.Envelope(topic="/t"))
     assert forward.SerializeToString() == b"\x0a\x04\x1a\x02/t"
     assert events_pb2.TaskExit.DESCRIPTOR.full_name == "containerd.events.TaskExit"
+
+
+def test_the_hand_encoded_delete_response_is_the_generated_ones() -> None:
+    import datetime
+
+    from host_proxy.shim import wire
+    from host_proxy.shim.events import timestamp
+
+    moments = [datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC), datetime.datetime(1969, 12, 31, 23, 59, 59, 500000,
+                                                                                     tzinfo=datetime.UTC),
+               datetime.datetime.now(datetime.UTC), datetime.datetime(2026, 12, 3, 13, 5, 27, 162, tzinfo=datetime.UTC)]
+    for moment in moments:
+        for pid, exit_status in [(0, 0), (1, 137), (4_194_304, 255), (2**32 - 1, 2**32 - 1)]:
+            expected = shim_pb2.DeleteResponse(pid=pid, exit_status=exit_status, exited_at=timestamp(moment))
+            assert wire.delete_response(pid, exit_status, moment) == expected.SerializeToString(), (moment, pid)
