@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -59,12 +60,20 @@ def test_a_process_starts_with_default_signal_dispositions_and_an_empty_mask(bac
 
     A signal ignored when a shell starts stays ignored in what it execs (POSIX), so the shell's
     child shows the start's dispositions, and the program it execs dies of SIGQUIT. (The shell
-    itself is not the probe: bash and busybox sh ignore SIGQUIT on their own.)"""
+    itself is not the probe: bash and busybox sh ignore SIGQUIT on their own — so "ready" is
+    echoed by the exec'd ``cat`` from stdin, and the signal goes only once ``cat`` runs.)"""
     out = FifoReader(str(tmp_path / "out"))
-    made = backend.create(sh("grep -E '^Sig(Ign|Blk):' /proc/self/status; echo ready; exec sleep 1000"),
-                          Stdio(stdout=out.path))
-    made.start()
-    probed = out.read_until(b"ready")
-    made.kill(signal.SIGQUIT)
-    assert made.wait(timeout=20).exit_status == 128 + signal.SIGQUIT
+    stdin = str(tmp_path / "in")
+    os.mkfifo(stdin)
+    writer = os.open(stdin, os.O_RDWR | os.O_CLOEXEC)  # held: cat gets no EOF
+    try:
+        os.write(writer, b"ready\n")
+        made = backend.create(sh("grep -E '^Sig(Ign|Blk):' /proc/self/status; exec cat"),
+                              Stdio(stdout=out.path, stdin=stdin))
+        made.start()
+        probed = out.read_until(b"ready")
+        made.kill(signal.SIGQUIT)
+        assert made.wait(timeout=20).exit_status == 128 + signal.SIGQUIT
+    finally:
+        os.close(writer)
     assert probed.split() == [b"SigBlk:", b"0" * 16, b"SigIgn:", b"0" * 16, b"ready"]

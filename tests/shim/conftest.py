@@ -15,19 +15,22 @@ from collections.abc import Iterator
 import pytest
 
 from host_proxy.shim.testbed import (
+    CTR_TIMEOUT,
     PROCESS_ISOLATION,
     RUNTIME,
     SHIM,
     Containerd,
     describe_shim,
     ends_within,
+    processes_naming,
     start_containerd,
     stop_containerd,
 )
 from vm_images import build_image
 from vm_images.oci_image import DEFAULT_REF, write_image_tarball
 
-__all__ = ["BOTH_ISOLATIONS", "PROCESS_ISOLATION", "RUNTIME", "SHIM", "Containerd", "ends_within"]
+__all__ = ["BOTH_ISOLATIONS", "CTR_TIMEOUT", "PROCESS_ISOLATION", "RUNTIME", "SHIM", "Containerd", "ends_within",
+           "processes_naming"]
 
 #: For a test that must hold in both isolations: the ``containerd`` fixture's containers get each in turn.
 BOTH_ISOLATIONS = pytest.mark.parametrize(

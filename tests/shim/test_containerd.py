@@ -26,7 +26,15 @@ from host_proxy.shim.proto import shim_pb2
 from host_proxy.shim.service import PROCESS_SPEC_TYPE, SERVICE
 from vm_images import build_image
 
-from .conftest import BOTH_ISOLATIONS, CTR_TIMEOUT, PROCESS_ISOLATION, RUNTIME, Containerd
+from .conftest import (
+    BOTH_ISOLATIONS,
+    CTR_TIMEOUT,
+    PROCESS_ISOLATION,
+    RUNTIME,
+    Containerd,
+    ends_within,
+    processes_naming,
+)
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -211,6 +219,11 @@ def test_a_sigkilled_shim_is_cleaned_up_by_task_rm(containerd: Containerd) -> No
     containerd.ctr("task", "rm", "-f", "c1", check=False)  # containerd may have cleaned up already
     assert "c1" not in containerd.ctr("task", "ls", "-q").stdout.decode().split()
     containerd.ctr("containers", "rm", "c1")
+    # containerd ran the shim's `delete` command when the shim's connection dropped (before the init
+    # ended, above), without waiting for it: runc's record goes when that command is done.
+    for line in processes_naming(containerd.directory):
+        if line.endswith(" delete") or line.endswith(" delete "):
+            assert ends_within(int(line.split(":")[0]), 60), f"the delete command did not end: {line}"
     assert "c1" not in containerd.runc_ids()
 
 
