@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import json
 import os
 import select
 import shutil
@@ -188,6 +189,24 @@ PHASES = (
 )
 
 
+#: Hypervisor isolation's run, in order: the Create boots the VM.
+GUEST_PHASES = (
+    ("ctr until the start command runs", "ctr", "start began"),
+    ("start command", "start began", "start ended"),
+    ("server up (its interpreter and imports, until it serves)", "start ended", "serving"),
+    ("Create (arrival to answer)", "Create called", "Create answered"),
+    ("  of which QEMU start to the agent's hello (VM boot)", "QEMU started", "VM ready"),
+    ("  of which the rest: connect, the rootfs on the share, config.json", "VM ready", "Create answered"),
+    ("Create answered to Start called", "Create answered", "Start called"),
+    ("Start (runc create + runc start in the guest)", "Start called", "Start answered"),
+    ("Start answered to Wait answered (true runs and exits)", "Start answered", "Wait answered"),
+    ("Wait answered to Delete answered", "Wait answered", "Delete answered"),
+    ("Delete answered to Shutdown answered (the VM is stopped after)", "Delete answered", "Shutdown answered"),
+    ("Shutdown answered to ctr's exit", "Shutdown answered", "ctr exited"),
+)
+GUEST_EXEC_TARGET = Target("<=", 1.3)
+
+
 def _log_time(line: str) -> float | None:
     # logging's default asctime: "2026-12-03 13:05:27,162" (local time)
     try:
@@ -211,6 +230,10 @@ def _server_events(path: str) -> dict[str, float]:
                 # the server configured its log)
                 events.setdefault("agent ready", moment)
                 events.setdefault("agent spawned", moment - float(line.split(": ready after ")[1].split()[0]))
+            elif "utility VM up:" in line and ", boot " in line:
+                # "utility VM up: QEMU pid N, tcg, boot 9.8s, kernel ...": QEMU started that long before
+                events.setdefault("VM ready", moment)
+                events.setdefault("QEMU started", moment - float(line.split(", boot ")[1].split("s")[0]))
             elif "ttrpc: " in line and (" called " in line or " answered " in line):
                 words = line.split("ttrpc: ", 1)[1].split()
                 events.setdefault(f"{words[0]} {words[1]}", moment)  # the first of each: the init's
@@ -303,11 +326,15 @@ def run(options: Options) -> list[FamilyResult]:
                                             "our shim vs the runc v2 shim")
     run_result = FamilyResult("shim_run", "containerd: ctr run --rm of true to exit, our shim vs the runc v2 shim")
     memory_result = FamilyResult("shim_memory", "containerd: memory of the shim processes of one running container")
+    guest_exec = FamilyResult("shim_guest_exec", "containerd, hypervisor isolation: ctr task exec of true in a "
+                                                 "running container vs runc exec run inside the guest")
+    guest_run = FamilyResult("shim_guest_run", "containerd, hypervisor isolation: ctr run --rm of true to exit, "
+                                               "VM boot included, broken down")
     missing = [tool for tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2") if shutil.which(tool) is None]
     if missing:
         for result in (exec_result, run_result, memory_result):
             result.notes.append(f"skipped: {', '.join(missing)} not installed (.ci/setup installs them)")
-        return [exec_result.finish(), run_result.finish(), memory_result.finish()]
+        return [result.finish() for result in (exec_result, run_result, memory_result, guest_exec, guest_run)]
     bench_dir = tempfile.mkdtemp(prefix="uvm-bench-shim-", dir="/tmp")
     daemon: Containerd | None = None
     try:
@@ -329,13 +356,18 @@ def run(options: Options) -> list[FamilyResult]:
         _runs(daemon, bench_dir, run_result, options)
     except Exception as error:
         exec_result.errors.append(f"{type(error).__name__}: {error}")
+    try:
+        if daemon is not None:
+            _hypervisor(daemon, bench_dir, guest_exec, guest_run, memory_result, options)
+    except Exception as error:
+        guest_exec.errors.append(f"{type(error).__name__}: {error}")
     finally:
         if daemon is not None:
             found = stop_containerd(daemon)
             if found:
                 exec_result.errors.append(f"left behind after containerd stopped: {found}")
         shutil.rmtree(bench_dir, ignore_errors=True)
-    return [exec_result.finish(), memory_result.finish(), run_result.finish()]
+    return [result.finish() for result in (exec_result, memory_result, run_result, guest_exec, guest_run)]
 
 
 def _exec_and_memory(daemon: Containerd, result: FamilyResult, memory: FamilyResult, options: Options) -> None:
@@ -459,3 +491,89 @@ def _runs(daemon: Containerd, bench_dir: str, result: FamilyResult, options: Opt
     whole = [phases[name] for name, _, _ in PHASES if phases[name] and not name.startswith(" ")]
     if whole:
         result.notes.append(f"traced phases add up to {sum(median(samples) for samples in whole):.3f} s")
+
+
+# -- hypervisor isolation ----------------------------------------------------------------------
+
+
+def _hypervisor(daemon: Containerd, bench_dir: str, exec_result: FamilyResult, run_result: FamilyResult,
+                memory: FamilyResult, options: Options) -> None:
+    """The same through our shim in hypervisor isolation: exec against the in-guest floor, memory of the
+    shim per pod (the VM apart), and a traced ``ctr run --rm`` with the VM's boot in it."""
+    from host_proxy import AgentClient
+    from host_proxy.shim.sandbox import GUEST_INFO_NAME, RECORD_NAME
+    from vm_images import build_image
+    from vm_images.launch import GuestInfo
+
+    from .guest_tasks import EXEC_FLOOR, _in_guest
+
+    options.progress("shim, hypervisor: building (or reusing) the guest image")
+    build_image()
+    daemon.isolation = "hypervisor"
+    container_id = "bench-guest"
+    began = time.monotonic()
+    daemon.ctr(*daemon.run_args(container_id, "sleep", "1000000", extra=("-d",)))
+    exec_result.notes.append(f"ctr run -d of the container (VM boot included): {time.monotonic() - began:.1f} s")
+    try:
+        with open(os.path.join(daemon.bundle(container_id), RECORD_NAME)) as record:
+            run_dir = json.load(record)["run_dir"]
+        with open(os.path.join(run_dir, GUEST_INFO_NAME)) as info_file:
+            info = GuestInfo.from_json(json.load(info_file))
+        numbers = itertools.count()
+
+        def exec_once() -> None:
+            _check(daemon.ctr("task", "exec", "--fifo-dir", daemon.fifo_dir, "--exec-id", f"g{next(numbers)}",
+                              container_id, "true", check=False), f"ctr task exec {container_id} true")
+
+        rounds, per_round = options.pick(2, 5), options.pick(3, 10)
+        floor_name, ours_name = "guest floor: runc exec true, in the guest", f"ctr task exec true, {OURS}"
+        with AgentClient.connect(info.agent_endpoint, server_key=info.server_key, client_key=info.client_key,
+                                 timeout=30) as client:
+            scratch = tempfile.mkdtemp(prefix="floor-", dir=bench_dir)
+            cases = {floor_name: _in_guest(client, EXEC_FLOOR, [container_id], per_round, scratch, "shim-floor"),
+                     ours_name: exec_once}
+            options.progress(f"shim, hypervisor: exec, {rounds} rounds x {per_round}")
+            samples = interleave(cases, rounds=rounds, per_round=per_round, warmup=options.pick(1, 3),
+                                 calls={floor_name: 1},
+                                 progress=lambda message: options.progress(f"shim, hypervisor: exec {message}"))
+        floor = exec_result.add(floor_name, samples[floor_name], is_baseline=True)
+        exec_result.add(ours_name, samples[ours_name]).compare(floor, GUEST_EXEC_TARGET)
+        exec_result.notes.append(f"guest: {info.accel.upper()}, kernel {info.kernel_release}, booted by the shim "
+                                 f"to the agent's hello in {info.boot_seconds:.1f} s")
+        shim = [_memory(role, pid) for role, pid in _shim_processes(daemon, container_id)]
+        if shim:
+            target = memory.add(f"the target ({MEMORY_TARGET_MIB:g} MiB), hypervisor", [MEMORY_TARGET_MIB * 1024 * 1024],
+                                unit="bytes", is_baseline=True)
+            memory.add(f"RSS, {OURS}, hypervisor isolation (one pod; QEMU apart)",
+                       [sum(m.rss_kib for m in shim) * 1024], unit="bytes").compare(target, MEMORY_TARGET)
+            memory.notes.extend(f"hypervisor: {m.describe()}" for m in shim)
+            memory.notes.append(f"hypervisor: QEMU itself (the VM, {info.accel}) RSS "
+                                f"{_memory('qemu', info.pid).rss_kib / 1024:.0f} MiB, not counted")
+    finally:
+        daemon.ctr("task", "kill", "-s", "KILL", container_id, check=False)
+        daemon.ctr("task", "rm", "-f", container_id, check=False)
+        daemon.ctr("containers", "rm", container_id, check=False)
+
+    traced = options.pick(1, 3)
+    options.progress(f"shim, hypervisor: {traced} traced runs")
+    phases: dict[str, list[float]] = {name: [] for name, _, _ in GUEST_PHASES}
+    totals: list[float] = []
+    marker = os.path.join(bench_dir, "trace")
+    open(marker, "w").close()
+    try:
+        with _subreaper(daemon):
+            for index in range(traced):
+                events = _traced_run(daemon, bench_dir, f"guest-run-{index}", RUNTIME)
+                totals.append(events["ctr exited"] - events["ctr"])
+                for phase, first, last in GUEST_PHASES:
+                    if first in events and last in events:
+                        phases[phase].append(events[last] - events[first])
+    finally:
+        os.unlink(marker)
+        daemon.isolation = "process"
+    run_result.add(f"ctr run --rm true, {OURS}, hypervisor isolation", totals, note="traced runs")
+    for name, _, _ in GUEST_PHASES:
+        if phases[name]:
+            run_result.add(f"  phase: {name}", phases[name], note="traced runs")
+    run_result.notes.append("no target: the VM's boot under TCG dominates; the phases come from the start "
+                            "command's wrapper and the server's debug log")
