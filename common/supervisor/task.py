@@ -23,9 +23,10 @@ How each piece maps onto containerd's runc shim (``pkg/process/init.go``,
   container's cgroup); an exec's ``kill(all=True)``: its process group (runc
   makes every process a session leader).
 - The init's exit: the kernel kills what is left in the container's pid
-  namespace (without one, ``runc kill --all KILL``, as containerd does when
-  the namespace is shared), and the init's exit is reported once every exec
-  of the task has exited (with 128+9).
+  namespace (without one, ``runc kill --all KILL`` right away, before the
+  init's output is drained, as containerd does when the namespace is
+  shared), and the init's exit is reported once every exec of the task has
+  exited (with 128+9).
 - :meth:`TaskCore.pids`: ``runc ps --format json``; :meth:`TaskCore.delete`:
   ``runc delete --force``, then the rootfs mounts come off.
 
@@ -300,19 +301,24 @@ class TaskCore:
                 raise ExecError(f"task: '{self.id}': runc kill --all: {error.message}") from None
             # The container stopped while the signal was on its way: not an error.
 
-    async def init_exited(self) -> None:
-        """The init exited: end every exec of the container, and wait until they have exited."""
-        running = [core for core in self.live_execs() if core.state is ExecState.RUNNING]
-        if not running:
-            return
+    def init_process_exited(self) -> None:
+        """The init's process exited (its output may still be draining): without a pid namespace of
+        its own, kill every process left in the container now — the execs and the init's own
+        children, which may hold its output open — as containerd's runc shim does before it
+        reports the exit. With one, the kernel killed them already (they were reaped before the
+        init's exit could be)."""
         if not self.config.own_pid_namespace:
-            # With a pid namespace of its own the kernel killed them already (they were reaped
-            # before the init's exit could be); without one, containerd kills the cgroup.
             try:
                 self.runc.kill(self._log, self.id, signal.SIGKILL, all=True)
             except RuncError as error:
                 log.warning("task %s: killing its processes after the init exited: %s", self.id, error.message)
-        await asyncio.gather(*(_exited(core) for core in running))
+
+    async def init_exited(self) -> None:
+        """The init exited and its output was drained: wait until every exec of the container has
+        exited (:meth:`init_process_exited` ended them)."""
+        running = [core for core in self.live_execs() if core.state is ExecState.RUNNING]
+        if running:
+            await asyncio.gather(*(_exited(core) for core in running))
 
 
 def _exited(core: ExecCore) -> asyncio.Future[ExecStatus]:
@@ -338,6 +344,9 @@ class _InitLauncher(Launcher):
 
     def signal_all(self, pid: int, signum: int) -> None:
         self.task.signal_all(signum)
+
+    def exited(self) -> None:
+        self.task.init_process_exited()
 
     async def after_exit(self) -> None:
         await self.task.init_exited()

@@ -192,6 +192,36 @@ def _pid_ended(pid: int, timeout: float) -> bool:
         os.close(pidfd)
 
 
+def test_in_the_host_pid_namespace_the_inits_children_die_with_it_before_its_exit_is_reported(
+        containerd: Containerd) -> None:
+    # containerd's TestContainerKillInitPidHost: without a pid namespace of its own nothing kills the
+    # init's other processes, so the shim must (runc kill --all), and at once: this child holds the
+    # init's stdout open, which the output drain would wait for. The child's pid comes through a FIFO.
+    share = os.path.join(containerd.directory, "share")
+    os.mkdir(share)
+    os.mkfifo(os.path.join(share, "child"))
+    reader = os.open(os.path.join(share, "child"), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        containerd.ctr(*containerd.run_args("c1", "sh", "-c", "sleep 100000 & echo $! > /share/child; exec sleep 100001",
+                                            extra=("-d", "--with-ns", f"pid:/proc/{os.getpid()}/ns/pid", "--mount",
+                                                   f"type=bind,src={share},dst=/share,options=rbind:rw")))
+        with os.fdopen(reader, "rb", buffering=0, closefd=False) as stream:
+            child = int(_read_line(stream))
+    finally:
+        os.close(reader)
+    containerd.ctr("task", "kill", "-s", "KILL", "c1")
+    with open(os.path.join(containerd.bundle("c1"), "address")) as address_file:
+        path = address_file.read().removeprefix("unix://")
+    with ttrpc.Client(path) as client:
+        reply = shim_pb2.WaitResponse.FromString(client.call(SERVICE, "Wait", shim_pb2.WaitRequest(
+            id="c1").SerializeToString()))
+    alive = not _pid_ended(child, 0)
+    containerd.ctr("task", "rm", "-f", "c1")
+    containerd.ctr("containers", "rm", "c1")
+    assert reply.exit_status == 128 + signal.SIGKILL
+    assert not alive, "the init's child outlived the reported exit"
+
+
 def test_a_sigkilled_shim_is_cleaned_up_by_task_rm(containerd: Containerd) -> None:
     containerd.ctr(*containerd.run_args("c1", "sleep", "100000", extra=("-d",)))
     bundle = containerd.bundle("c1")
