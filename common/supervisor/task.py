@@ -61,7 +61,7 @@ from ..rules import DEFAULT_DRAIN_TIMEOUT
 from ..spec import ProcessSpec
 from ..state import ExecEvent, ExecState, ExecStatus
 from ..task import Mount, ProcessInfo
-from .bundle import find_in_root, load_bundle
+from .bundle import find_in_root, load_bundle, missing_init_program
 from .execcore import ExecCore, Supervisor
 from .launcher import Launcher
 from .mounts import mount_all, unmount
@@ -87,7 +87,8 @@ def check_container_id(task_id: str) -> None:
 class TaskCore:
     """A container made from ``bundle`` and run by runc; its init is :attr:`init`.
 
-    Creation checks the bundle, mounts ``rootfs`` and registers the task in
+    Creation checks the bundle, mounts ``rootfs``, checks that the init's
+    program is there (as ``runc create`` would) and registers the task in
     ``supervisor.tasks``; on failure nothing is left mounted or registered.
     """
 
@@ -135,6 +136,9 @@ class TaskCore:
             if not os.path.isdir(self.config.root):
                 raise InvalidArgumentError(f"bundle {bundle!r}: root filesystem "
                                            f"{self.config.root!r} is not a directory")
+            missing = missing_init_program(self.config)
+            if missing is not None:  # runc create would fail: so does creation (containerd's Create)
+                raise InvalidArgumentError(f"bundle {bundle!r}: config.json: process.args[0]: {missing}")
             self.init = ExecCore(
                 supervisor, task_id, task_id, self.config.process, stdin=stdin, stdout=stdout, stderr=stderr,
                 stdio_paths=stdio_paths, bundle=bundle, drain_timeout=drain_timeout, emit=emit,

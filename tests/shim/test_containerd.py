@@ -222,6 +222,16 @@ def test_in_the_host_pid_namespace_the_inits_children_die_with_it_before_its_exi
     assert not alive, "the init's child outlived the reported exit"
 
 
+def test_an_init_program_not_in_the_image_fails_create_not_start(containerd: Containerd) -> None:
+    # containerd's TestRegressionIssue6429: runc create fails then, so the runc shim's Create does,
+    # and NewTask must too (no task is left to start, no /tasks/exit ever comes).
+    result = containerd.ctr(*containerd.run_args("c1", "notfound404", extra=("--rm",)), check=False)
+    assert result.returncode != 0
+    assert b"failed to create shim task" in result.stderr and b"process.args[0]" in result.stderr, result.stderr
+    assert b"c1" not in containerd.ctr("task", "ls", "-q").stdout
+    assert containerd.ctr(*containerd.run_args("c2", "/bin/true", extra=("--rm",)), check=False).returncode == 0
+
+
 def test_a_sigkilled_shim_is_cleaned_up_by_task_rm(containerd: Containerd) -> None:
     containerd.ctr(*containerd.run_args("c1", "sleep", "100000", extra=("-d",)))
     bundle = containerd.bundle("c1")
