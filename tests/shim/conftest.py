@@ -12,6 +12,7 @@ which.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -43,6 +44,18 @@ def _installed_shim() -> str | None:
         return None
     reply = subprocess.run([installed, "-v"], capture_output=True, text=True, timeout=30, check=False)
     return installed if reply.returncode == 0 and reply.stdout.split()[-1:] == [PROJECT] else None
+
+
+#: Lines for the report's "containerd suite" section (test_containerd_suite.py: counts, misses, times).
+SUMMARY = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("containerd suite")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def pytest_report_header() -> str:
@@ -145,6 +158,11 @@ class Containerd:
         return ["run", "--fifo-dir", self.fifo_dir, "--runtime", RUNTIME, *PROCESS_ISOLATION, *extra,
                 self.image, container_id, *command]
 
+    def namespaces(self) -> list[str]:
+        """The namespaces containerd knows (``default`` at least, once something used it)."""
+        listed = self.ctr("namespaces", "ls", "-q", check=False).stdout.decode().split()
+        return listed or ["default"]
+
     @property
     def fifo_dir(self) -> str:
         return os.path.join(self.directory, "fifo")
@@ -170,6 +188,18 @@ def write_image_tarball_at(path: str) -> str:
 
 @pytest.fixture
 def containerd(busybox_image: str) -> Iterator[Containerd]:
+    with private_containerd(busybox_image) as daemon:
+        yield daemon
+
+
+@contextlib.contextmanager
+def private_containerd(image_tarball: str | None = None, env: dict[str, str] | None = None) -> Iterator[Containerd]:
+    """A containerd of its own (``env`` added to its environment), stopped on exit with nothing left behind.
+
+    ``image_tarball`` is imported first, if given. On a clean exit no task may
+    be left in any namespace; on every exit no process naming the daemon's
+    directory, no mount under it and no shim socket may be left.
+    """
     if shutil.which("containerd") is None or shutil.which("ctr") is None:
         pytest.fail("containerd and ctr are not installed: run .ci/setup")
     directory = tempfile.mkdtemp(prefix="uvm-ctd-", dir="/tmp")  # short: sockets live in it
@@ -185,14 +215,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "{address}.ttrpc"
 """)
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([_shim_bin_dir(directory), env.get("PATH", "")])
-    daemon = Containerd(directory, address, env, config)
+    daemon_env = dict(os.environ)
+    daemon_env.update(env or {})
+    daemon_env["PATH"] = os.pathsep.join([_shim_bin_dir(directory), daemon_env.get("PATH", "")])
+    daemon = Containerd(directory, address, daemon_env, config)
     try:
         daemon.launch()
-        daemon.ctr("images", "import", busybox_image)
+        if image_tarball is not None:
+            daemon.ctr("images", "import", image_tarball)
         yield daemon
-        leftovers = daemon.ctr("task", "ls", "-q").stdout.split()
+        leftovers = [f"{namespace}/{task}" for namespace in daemon.namespaces()
+                     for task in daemon.ctr("--namespace", namespace, "task", "ls", "-q").stdout.decode().split()]
         assert not leftovers, f"tasks left behind: {leftovers}"
     finally:
         _stop(daemon)
@@ -209,10 +242,12 @@ def _keep_log(process: subprocess.Popen[bytes], path: str, booted: threading.Eve
 
 
 def _stop(daemon: Containerd) -> None:
-    for container in daemon.ctr("containers", "ls", "-q", check=False).stdout.decode().split():
-        daemon.ctr("task", "kill", "-s", "KILL", container, check=False)
-        daemon.ctr("task", "rm", "-f", container, check=False)
-        daemon.ctr("containers", "rm", container, check=False)
+    for namespace in daemon.namespaces():
+        ns = ("--namespace", namespace)
+        for container in daemon.ctr(*ns, "containers", "ls", "-q", check=False).stdout.decode().split():
+            daemon.ctr(*ns, "task", "kill", "-s", "KILL", container, check=False)
+            daemon.ctr(*ns, "task", "rm", "-f", container, check=False)
+            daemon.ctr(*ns, "containers", "rm", container, check=False)
     children = descendants(daemon.process.pid) if daemon.process is not None else []
     daemon.terminate()
     # A `delete` command containerd started just before it stopped may still be finishing: give each
