@@ -35,6 +35,8 @@ IMPORT_PATH = "github.com/containerd/containerd"
 PACKAGE = f"{IMPORT_PATH}/integration/client"
 #: The Go tests' seed image variable (``integration/client/client_unix_test.go``).
 TEST_IMAGE_VARIABLE = f"{PACKAGE}.testImage"
+#: The containerd namespace the Go tests use (``integration/client``'s testNamespace).
+TEST_NAMESPACE = "testing"
 BUILD_TIMEOUT = 1800
 #: Per run of the binary (its own ``-test.timeout`` is a little shorter, so it reports which test hung).
 RUN_TIMEOUT = 900

@@ -8,7 +8,8 @@ registry (``tests/support/registry.py``): first with the stock runc shim
 ``UVMEXEC_ISOLATION=process``, the shim's default isolation, since the Go
 tests pass no runtime options). Every test that passes with runc must pass
 with ours, except the :data:`KNOWN_DIFFERENCES` (not run with ours), each
-with its reason. The tests that do not pass with runc either are listed in
+with its reason, and the :data:`TIMING_BOUND` ones (listed with both
+verdicts). The tests that do not pass with runc either are listed in
 the report's summary (``containerd suite`` section), with the per-run counts,
 the reruns (see :data:`RERUNS`) and the wall times.
 
@@ -32,7 +33,7 @@ from tests.support.registry import Registry
 from vm_images.oci_image import image_layout
 
 from . import containerd_suite
-from .conftest import RUNTIME, SUMMARY, private_containerd
+from .conftest import RUNTIME, SUMMARY, Containerd, private_containerd
 from .containerd_suite import Result
 
 pytestmark = pytest.mark.timeout(3600)
@@ -78,6 +79,15 @@ KNOWN_DIFFERENCES: dict[str, str] = {
                                       "--root /tmp/runc-test/testing delete` finds nothing",
     "TestContainerMetrics": "Stats is not implemented by our shim (no cgroup metrics)",
     "TestTaskUpdate": "Update is not implemented by our shim (no `runc update` of the resources)",
+}
+
+#: Tests whose verdict hangs on timing, and that failed here with runc too or never touch the runtime:
+#: run with both, their verdicts listed in the report, not compared.
+TIMING_BOUND = {
+    "TestContainerPids": "expects `sh -c 'while true; do sleep 1; done'` to have forked its sleep when Pids "
+                         "comes right after Start; failed with runc here too under load (1 process, not 2)",
+    "TestContentClient": "the content store's own suite, no runtime involved; its 'ref locked for 300ms' check "
+                         "fails on a loaded machine",
 }
 
 #: A test that fails where it should pass is run again, up to RERUNS times, each rerun listed in the
@@ -149,7 +159,8 @@ def _run(suite: Suite, runtime: str, request: pytest.FixtureRequest, rerun: Call
     tests = [name for name in suite.tests if runtime == RUNC or name not in KNOWN_DIFFERENCES]
     try:
         with private_containerd(env={"UVMEXEC_ISOLATION": "process"}) as daemon:
-            results = containerd_suite.run_suite(suite.binary, daemon, runtime, tests)
+            results = containerd_suite.run_suite(suite.binary, daemon, runtime,
+                                                 [name for name in tests if name not in SHARED_HOST_FLAKY])
             for name in sorted(name for name, result in results.items() if result.verdict == "FAIL" and rerun(name)):
                 for attempt in range(1, RERUNS + 1):
                     why = _first_line(results[name])
@@ -158,6 +169,17 @@ def _run(suite: Suite, runtime: str, request: pytest.FixtureRequest, rerun: Call
                                    f"{results[name].verdict}")
                     if results[name].verdict != "FAIL":
                         break
+            # Last, one by one: when their `ps ax` check fails they stop before their own Delete, and the
+            # container they leave would fail the tests after them (TestContainerList): it is removed here.
+            for name in SHARED_HOST_FLAKY:
+                for attempt in range(RERUNS + 1):
+                    results[name] = containerd_suite.run_suite(suite.binary, daemon, runtime, [name])[name]
+                    if _remove_container(daemon, name):
+                        summary.append(f"  {runtime}: {name} left its container (removed)")
+                    if results[name].verdict != "FAIL" or not rerun(name):
+                        break
+                    summary.append(f"  {runtime}: {name} failed ({_first_line(results[name])})"
+                                   + (f"; run again (#{attempt + 1})" if attempt < RERUNS else ""))
     except AssertionError as error:
         if results is None:
             raise
@@ -168,6 +190,17 @@ def _run(suite: Suite, runtime: str, request: pytest.FixtureRequest, rerun: Call
     return run
 
 
+def _remove_container(daemon: Containerd, name: str) -> bool:
+    """Remove the container ``name`` of the Go tests' namespace, and its task, if it is there."""
+    ns = ("--namespace", containerd_suite.TEST_NAMESPACE)
+    if name not in daemon.ctr(*ns, "containers", "ls", "-q").stdout.decode().split():
+        return False
+    daemon.ctr(*ns, "task", "kill", "-s", "KILL", name, check=False)
+    daemon.ctr(*ns, "task", "rm", "-f", name, check=False)
+    daemon.ctr(*ns, "containers", "rm", name)
+    return True
+
+
 @pytest.fixture(scope="module")
 def runc_run(suite: Suite, request: pytest.FixtureRequest) -> Run:
     return _run(suite, RUNC, request, lambda name: name in SHARED_HOST_FLAKY)
@@ -175,7 +208,7 @@ def runc_run(suite: Suite, request: pytest.FixtureRequest) -> Run:
 
 @pytest.fixture(scope="module")
 def our_run(suite: Suite, runc_run: Run, request: pytest.FixtureRequest) -> Run:
-    return _run(suite, RUNTIME, request, lambda name: name in runc_run.named("PASS"))
+    return _run(suite, RUNTIME, request, lambda name: name in runc_run.named("PASS") and name not in TIMING_BOUND)
 
 
 _TEST_MESSAGE = re.compile(r"^\s+\w+_test\.go:\d+: ")
@@ -208,10 +241,13 @@ def test_every_test_passing_with_runc_passes_with_our_shim(runc_run: Run, our_ru
     for name, reason in sorted(KNOWN_DIFFERENCES.items()):
         verdict = runc_run.results[name].verdict if name in runc_run.results else "not run"
         summary.append(f"  known difference, not run with ours ({verdict} with runc): {name}: {reason}")
-    for name in sorted(our_run.named("PASS") - runc_run.named("PASS")):
+    for name in sorted(our_run.named("PASS") - runc_run.named("PASS") - set(TIMING_BOUND)):
         summary.append(f"  passes with ours, not with runc: {name}")
     assert len(runc_run.named("PASS")) >= MIN_RUNC_PASSES, "the runc baseline is broken: see the test above"
-    differing = sorted(runc_run.named("PASS") - our_run.named("PASS") - set(KNOWN_DIFFERENCES))
+    for name, reason in sorted(TIMING_BOUND.items()):
+        verdicts = [run.results[name].verdict if name in run.results else "not run" for run in (runc_run, our_run)]
+        summary.append(f"  timing-bound, not compared (runc {verdicts[0]}, ours {verdicts[1]}): {name}: {reason}")
+    differing = sorted(runc_run.named("PASS") - our_run.named("PASS") - set(KNOWN_DIFFERENCES) - set(TIMING_BOUND))
     assert not differing and not our_run.leftovers, (
         f"our shim's run left things behind: {our_run.leftovers or 'nothing'}\n\n"
         f"{len(differing)} tests pass with runc and not with our shim:\n\n" + "\n\n".join(
