@@ -96,6 +96,9 @@ TIMING_BOUND = {
 #: with runc, the ones below, which read the whole machine's `ps ax` for "sleep 1" after their
 #: container's init was killed, and so fail on a machine shared with other work (`sleep 150` of
 #: someone else's test) whatever the runtime.
+#: Seen once in seven full runs with our shim on a loaded machine, not understood yet (an open issue):
+#: TestContainerExecLargeOutputWithTTY's 1,000,000-line TTY exec output ended early at iteration 73
+#: (perhaps the pty's last bytes arriving after the drain deadline); its rerun is in the report.
 SHARED_HOST_FLAKY = ("TestContainerKillInitPidHost", "TestContainerKillInitKillsChildWhenNotHostPid")
 RERUNS = 2
 
@@ -164,6 +167,8 @@ def _run(suite: Suite, runtime: str, request: pytest.FixtureRequest, rerun: Call
             for name in sorted(name for name, result in results.items() if result.verdict == "FAIL" and rerun(name)):
                 for attempt in range(1, RERUNS + 1):
                     why = _first_line(results[name])
+                    if _remove_container(daemon, name):  # a failed test may stop before its own Delete
+                        summary.append(f"  {runtime}: {name} left its container (removed)")
                     results[name] = containerd_suite.run_suite(suite.binary, daemon, runtime, [name])[name]
                     summary.append(f"  {runtime}: {name} failed ({why}); run again (#{attempt}): "
                                    f"{results[name].verdict}")
