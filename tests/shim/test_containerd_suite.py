@@ -97,7 +97,9 @@ TIMING_BOUND = {
 #: with runc (several are timing-bound: TestContentClient's "ref locked" under load, TestContainerPids);
 #: with runc, the ones below, which read the whole machine's `ps ax` for "sleep 1" after their
 #: container's init was killed, and so fail on a machine shared with other work (`sleep 150` of
-#: someone else's test) whatever the runtime.
+#: someone else's test) whatever the runtime: seen failing three times in a row with either runtime,
+#: so they are listed with both verdicts and not compared (our own test of what they check:
+#: test_in_the_host_pid_namespace_the_inits_children_die_with_it_before_its_exit_is_reported).
 #: Seen once in seven full runs with our shim on a loaded machine, not understood yet (an open issue):
 #: TestContainerExecLargeOutputWithTTY's 1,000,000-line TTY exec output ended early at iteration 73
 #: (perhaps the pty's last bytes arriving after the drain deadline); its rerun is in the report.
@@ -257,13 +259,18 @@ def test_every_test_passing_with_runc_passes_with_our_shim(runc_run: Run, our_ru
     for name, reason in sorted(KNOWN_DIFFERENCES.items()):
         verdict = runc_run.results[name].verdict if name in runc_run.results else "not run"
         summary.append(f"  known difference, not run with ours ({verdict} with runc): {name}: {reason}")
-    for name in sorted(our_run.named("PASS") - runc_run.named("PASS") - set(TIMING_BOUND)):
+    for name in sorted(our_run.named("PASS") - runc_run.named("PASS") - set(TIMING_BOUND) - set(SHARED_HOST_FLAKY)):
         summary.append(f"  passes with ours, not with runc: {name}")
     assert len(runc_run.named("PASS")) >= MIN_RUNC_PASSES, "the runc baseline is broken: see the test above"
     for name, reason in sorted(TIMING_BOUND.items()):
         verdicts = [run.results[name].verdict if name in run.results else "not run" for run in (runc_run, our_run)]
         summary.append(f"  timing-bound, not compared (runc {verdicts[0]}, ours {verdicts[1]}): {name}: {reason}")
-    differing = sorted(runc_run.named("PASS") - our_run.named("PASS") - set(KNOWN_DIFFERENCES) - set(TIMING_BOUND))
+    for name in SHARED_HOST_FLAKY:
+        verdicts = [run.results[name].verdict if name in run.results else "not run" for run in (runc_run, our_run)]
+        summary.append(f"  reads the whole machine's ps ax, not compared (runc {verdicts[0]}, ours {verdicts[1]}): "
+                       f"{name} (tests/shim/test_containerd.py checks the behaviour on its own)")
+    uncompared = set(KNOWN_DIFFERENCES) | set(TIMING_BOUND) | set(SHARED_HOST_FLAKY)
+    differing = sorted(runc_run.named("PASS") - our_run.named("PASS") - uncompared)
     assert not differing and not our_run.leftovers, (
         f"our shim's run left things behind: {our_run.leftovers or 'nothing'}\n\n"
         f"{len(differing)} tests pass with runc and not with our shim:\n\n" + "\n\n".join(
