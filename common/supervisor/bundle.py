@@ -22,7 +22,9 @@ judge.
 
 :func:`find_in_root` looks a program up in the root filesystem as the
 container will see it, for the exec contract's default search path (runc
-itself looks only in the process's own ``PATH``).
+itself looks only in the process's own ``PATH``); :func:`missing_init_program`
+tells, once the root filesystem is mounted, whether ``runc create`` would
+refuse the init's program.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class BundleConfig:
     root: str
     #: The container gets a pid namespace of its own: its processes die with its init.
     own_pid_namespace: bool
+    #: ``mounts[].destination``: runc mounts them at create, over what the root filesystem holds there.
+    mount_destinations: tuple[str, ...] = ()
 
 
 class _Checker:
@@ -110,11 +114,13 @@ def load_bundle(bundle: str) -> BundleConfig:
         raise check.fail("root.path", "must not be empty")
     check.typed(root.get("readonly"), "root.readonly", bool, required=False)
     check.typed(config.get("hostname"), "hostname", str, required=False)
+    destinations: list[str] = []
     for index, mount in enumerate(check.typed(config.get("mounts"), "mounts", list, required=False) or []):
         check.typed(mount, f"mounts[{index}]", dict)
         destination = check.typed(mount.get("destination"), f"mounts[{index}].destination", str)
         if not destination.startswith("/"):
             raise check.fail(f"mounts[{index}].destination", f"{describe(destination)} is not an absolute path")
+        destinations.append(destination)
         for key in ("type", "source"):
             check.typed(mount.get(key), f"mounts[{index}].{key}", str, required=False)
         for position, option in enumerate(check.typed(mount.get("options"), f"mounts[{index}].options", list,
@@ -135,7 +141,46 @@ def load_bundle(bundle: str) -> BundleConfig:
         joined = check.typed(namespace.get("path"), f"linux.namespaces[{index}].path", str, required=False)
         own_pid_namespace = own_pid_namespace or (kind == "pid" and not joined)
     process = _process(check, config.get("process"))
-    return BundleConfig(process, os.path.normpath(os.path.join(bundle, root_path)), own_pid_namespace)
+    return BundleConfig(process, os.path.normpath(os.path.join(bundle, root_path)), own_pid_namespace,
+                        tuple(destinations))
+
+
+def missing_init_program(config: BundleConfig) -> str | None:
+    """Why ``runc create`` would refuse the init's program, or None.
+
+    runc's init looks ``process.args[0]`` up (in the process's ``PATH``, or
+    from its ``cwd`` for a path) before ``create`` returns, and ``create``
+    fails if it is not there: containerd expects its Create to fail then.
+    Here: not an executable file in the (mounted) root filesystem, looked up
+    as the exec contract does (the spec's ``PATH``, else the default search
+    path). None too when a mount of config.json may provide it: runc mounts
+    those only at create.
+    """
+    process = config.process
+    program = process.args[0]
+    search_path = next((entry[5:] for entry in process.env if entry.startswith("PATH=")), DEFAULT_PATH)
+    if "/" in program:
+        candidates = [program if program.startswith("/") else process.cwd.rstrip("/") + "/" + program]
+    elif find_in_root(config.root, program, search_path) is not None:
+        return None
+    else:
+        candidates = [directory.rstrip("/") + "/" + program for directory in search_path.split(":")
+                      if directory.startswith("/")]
+    for candidate in candidates:
+        normal = os.path.normpath(candidate)
+        if any(normal == mount or normal.startswith(mount.rstrip("/") + "/")
+               for mount in map(os.path.normpath, config.mount_destinations)):
+            return None
+        found = _resolve_in_root(config.root, normal)
+        if found is not None:
+            try:
+                mode = os.stat(found).st_mode
+            except OSError:
+                continue
+            if stat.S_ISREG(mode) and mode & 0o111:
+                return None
+    where = "" if "/" in program else f" in PATH {search_path}"
+    return f"{describe(program)}: no executable file of that name in the root filesystem{where}"
 
 
 def _process(check: _Checker, process: object) -> ProcessSpec:

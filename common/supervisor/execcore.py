@@ -250,6 +250,7 @@ class ExecCore:
         """Wait for the exit, drain output within the drain timeout, then finish."""
         exit_status = await watch.exited
         exited_at = utc_now()
+        self._launcher.exited()
         self._stdin_stop.set()
         timer = self.loop.call_later(self.drain_timeout, self._drain.set)
         try:

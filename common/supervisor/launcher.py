@@ -42,6 +42,10 @@ class Launcher:
         except ProcessLookupError:
             pass
 
+    def exited(self) -> None:
+        """Called as soon as the process exited, before its output is drained: end here what must
+        not outlive it and may hold its output open (nothing, for a bare process)."""
+
     async def after_exit(self) -> None:
         """Called once the process exited and its output was drained, before the exit is
         reported: wait here for whatever must end before it (nothing, for a bare process)."""

@@ -23,9 +23,10 @@ How each piece maps onto containerd's runc shim (``pkg/process/init.go``,
   container's cgroup); an exec's ``kill(all=True)``: its process group (runc
   makes every process a session leader).
 - The init's exit: the kernel kills what is left in the container's pid
-  namespace (without one, ``runc kill --all KILL``, as containerd does when
-  the namespace is shared), and the init's exit is reported once every exec
-  of the task has exited (with 128+9).
+  namespace (without one, ``runc kill --all KILL`` right away, before the
+  init's output is drained, as containerd does when the namespace is
+  shared), and the init's exit is reported once every exec of the task has
+  exited (with 128+9).
 - :meth:`TaskCore.pids`: ``runc ps --format json``; :meth:`TaskCore.delete`:
   ``runc delete --force``, then the rootfs mounts come off.
 
@@ -61,7 +62,7 @@ from ..rules import DEFAULT_DRAIN_TIMEOUT
 from ..spec import ProcessSpec
 from ..state import ExecEvent, ExecState, ExecStatus
 from ..task import Mount, ProcessInfo
-from .bundle import find_in_root, load_bundle
+from .bundle import find_in_root, load_bundle, missing_init_program
 from .execcore import ExecCore, Supervisor
 from .launcher import Launcher
 from .mounts import mount_all, unmount
@@ -87,7 +88,8 @@ def check_container_id(task_id: str) -> None:
 class TaskCore:
     """A container made from ``bundle`` and run by runc; its init is :attr:`init`.
 
-    Creation checks the bundle, mounts ``rootfs`` and registers the task in
+    Creation checks the bundle, mounts ``rootfs``, checks that the init's
+    program is there (as ``runc create`` would) and registers the task in
     ``supervisor.tasks``; on failure nothing is left mounted or registered.
     """
 
@@ -135,6 +137,9 @@ class TaskCore:
             if not os.path.isdir(self.config.root):
                 raise InvalidArgumentError(f"bundle {bundle!r}: root filesystem "
                                            f"{self.config.root!r} is not a directory")
+            missing = missing_init_program(self.config)
+            if missing is not None:  # runc create would fail: so does creation (containerd's Create)
+                raise InvalidArgumentError(f"bundle {bundle!r}: config.json: process.args[0]: {missing}")
             self.init = ExecCore(
                 supervisor, task_id, task_id, self.config.process, stdin=stdin, stdout=stdout, stderr=stderr,
                 stdio_paths=stdio_paths, bundle=bundle, drain_timeout=drain_timeout, emit=emit,
@@ -310,19 +315,24 @@ class TaskCore:
                 raise ExecError(f"task: '{self.id}': runc kill --all: {error.message}") from None
             # The container stopped while the signal was on its way: not an error.
 
-    async def init_exited(self) -> None:
-        """The init exited: end every exec of the container, and wait until they have exited."""
-        running = [core for core in self.live_execs() if core.state is ExecState.RUNNING]
-        if not running:
-            return
+    def init_process_exited(self) -> None:
+        """The init's process exited (its output may still be draining): without a pid namespace of
+        its own, kill every process left in the container now — the execs and the init's own
+        children, which may hold its output open — as containerd's runc shim does before it
+        reports the exit. With one, the kernel killed them already (they were reaped before the
+        init's exit could be)."""
         if not self.config.own_pid_namespace:
-            # With a pid namespace of its own the kernel killed them already (they were reaped
-            # before the init's exit could be); without one, containerd kills the cgroup.
             try:
                 self.runc.kill(self._log, self.id, signal.SIGKILL, all=True)
             except RuncError as error:
                 log.warning("task %s: killing its processes after the init exited: %s", self.id, error.message)
-        await asyncio.gather(*(_exited(core) for core in running))
+
+    async def init_exited(self) -> None:
+        """The init exited and its output was drained: wait until every exec of the container has
+        exited (:meth:`init_process_exited` ended them)."""
+        running = [core for core in self.live_execs() if core.state is ExecState.RUNNING]
+        if running:
+            await asyncio.gather(*(_exited(core) for core in running))
 
 
 def _exited(core: ExecCore) -> asyncio.Future[ExecStatus]:
@@ -348,6 +358,9 @@ class _InitLauncher(Launcher):
 
     def signal_all(self, pid: int, signum: int) -> None:
         self.task.signal_all(signum)
+
+    def exited(self) -> None:
+        self.task.init_process_exited()
 
     async def after_exit(self) -> None:
         await self.task.init_exited()

@@ -251,7 +251,9 @@ class TaskService:
         return empty_pb2.Empty()
 
     def resize_pty(self, request: shim_pb2.ResizePtyRequest) -> empty_pb2.Empty:
-        self._exec(request.id, request.exec_id).resize_pty(request.width, request.height)
+        process = self._exec(request.id, request.exec_id)
+        if process.status().terminal:  # as the runc shim: resizing a process without a console does nothing
+            process.resize_pty(request.width, request.height)
         return empty_pb2.Empty()
 
     def close_io(self, request: shim_pb2.CloseIORequest) -> empty_pb2.Empty:

@@ -190,23 +190,28 @@ class Containerd:
     def log_path(self) -> str:
         return os.path.join(self.directory, "containerd.log")
 
-    def runc_ids(self) -> list[str]:
-        """The containers in the runc state root the shim keeps for this containerd's namespace."""
-        root = runc_root(self.address, "default")
+    def runc_ids(self, namespace: str = "default") -> list[str]:
+        """The containers in the runc state root the shim keeps for this containerd's ``namespace``."""
+        root = runc_root(self.address, namespace)
         if not os.path.isdir(root):
             return []
         listed = subprocess.run(["runc", "--root", root, "list", "-q"], capture_output=True, text=True,
                                 check=True, timeout=30)
         return listed.stdout.split()
 
+    def namespaces(self) -> list[str]:
+        """The namespaces containerd knows (``default`` at least)."""
+        listed = self.ctr("namespaces", "ls", "-q", check=False).stdout.decode().split()
+        return sorted(set(listed) | {"default"})
+
     def bundle(self, container_id: str) -> str:
         return os.path.join(self.state, "io.containerd.runtime.v2.task", "default", container_id)
 
 
-def start_containerd(image_tarball: str, image: str, *, debug: bool = False,
+def start_containerd(image_tarball: str | None, image: str, *, debug: bool = False,
                      shim_dir: Callable[[str], str] = shim_bin_dir, env: dict[str, str] | None = None,
                      isolation: str = "process") -> Containerd:
-    """A private containerd serving, with ``image_tarball`` imported (its name: ``image``); stop it with
+    """A private containerd serving, with ``image_tarball`` imported if given (its name: ``image``); stop it with
     :func:`stop_containerd`. ``debug``: containerd logs at debug level and runs shims with ``-debug``.
     ``shim_dir(directory)`` names the directory put first on containerd's PATH (default: :func:`shim_bin_dir`);
     ``env`` is containerd's environment, and so its shims' (default: this process's); ``isolation`` is
@@ -231,7 +236,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     try:
         env["PATH"] = os.pathsep.join([shim_dir(directory), env.get("PATH", "")])
         daemon.launch()
-        daemon.ctr("images", "import", image_tarball)
+        if image_tarball is not None:
+            daemon.ctr("images", "import", image_tarball)
     except BaseException:
         stop_containerd(daemon)
         raise
@@ -264,16 +270,22 @@ class Leftovers:
 
 def stop_containerd(daemon: Containerd) -> Leftovers:
     """Kill and remove every container, stop containerd, end what still names its directory, remove it."""
+    namespaces = ["default"]
     if daemon.process is not None and daemon.process.poll() is None:
-        for container in daemon.ctr("containers", "ls", "-q", check=False).stdout.decode().split():
-            daemon.ctr("task", "kill", "-s", "KILL", container, check=False)
-            daemon.ctr("task", "rm", "-f", container, check=False)
-            daemon.ctr("containers", "rm", container, check=False)
+        namespaces = daemon.namespaces()
+        for namespace in namespaces:
+            ns = ("--namespace", namespace)
+            for container in daemon.ctr(*ns, "containers", "ls", "-q", check=False).stdout.decode().split():
+                daemon.ctr(*ns, "task", "kill", "-s", "KILL", container, check=False)
+                daemon.ctr(*ns, "task", "rm", "-f", container, check=False)
+                daemon.ctr(*ns, "containers", "rm", container, check=False)
     found = Leftovers()
-    found.runc_containers = daemon.runc_ids()
-    for container in found.runc_containers:
-        subprocess.run(["runc", "--root", runc_root(daemon.address, "default"), "delete", "--force", container],
-                       capture_output=True, check=False, timeout=30)
+    for namespace in namespaces:
+        left = daemon.runc_ids(namespace)
+        found.runc_containers += [f"{namespace}/{container}" for container in left]
+        for container in left:
+            subprocess.run(["runc", "--root", runc_root(daemon.address, namespace), "delete", "--force", container],
+                           capture_output=True, check=False, timeout=30)
     children = descendants(daemon.process.pid) if daemon.process is not None else []
     daemon.terminate()
     # A `delete` command containerd started just before it stopped may still be finishing: give each

@@ -10,6 +10,8 @@ report header says which shim containerd runs.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -29,12 +31,24 @@ from host_proxy.shim.testbed import (
 from vm_images import build_image
 from vm_images.oci_image import DEFAULT_REF, write_image_tarball
 
-__all__ = ["BOTH_ISOLATIONS", "CTR_TIMEOUT", "PROCESS_ISOLATION", "RUNTIME", "SHIM", "Containerd", "ends_within",
+__all__ = ["BOTH_ISOLATIONS", "CTR_TIMEOUT", "SUMMARY", "private_containerd", "PROCESS_ISOLATION", "RUNTIME", "SHIM", "Containerd", "ends_within",
            "processes_naming"]
 
 #: For a test that must hold in both isolations: the ``containerd`` fixture's containers get each in turn.
 BOTH_ISOLATIONS = pytest.mark.parametrize(
     "containerd", ["process", pytest.param("hypervisor", marks=pytest.mark.vm)], indirect=True)
+
+
+#: Lines for the report's "containerd suite" section (test_containerd_suite.py: counts, misses, times).
+SUMMARY = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("containerd suite")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def pytest_report_header() -> str:
@@ -59,13 +73,30 @@ def containerd(request: pytest.FixtureRequest, busybox_image: str) -> Iterator[C
     isolation = getattr(request, "param", "process")
     if isolation == "hypervisor":
         build_image()  # cached after the first: the shim boots it
+    with private_containerd(busybox_image, isolation=isolation) as daemon:
+        yield daemon
+
+
+@contextlib.contextmanager
+def private_containerd(image_tarball: str | None = None, env: dict[str, str] | None = None, *,
+                       isolation: str = "process") -> Iterator[Containerd]:
+    """A containerd of its own (``env`` added to its environment), stopped on exit with nothing left behind.
+
+    ``image_tarball`` is imported first, if given. On a clean exit no task may
+    be left in any namespace; on every exit no runc container, no process
+    naming the daemon's directory, no mount under it, no shim socket and no
+    utility VM run directory may be left.
+    """
+    daemon_env = dict(os.environ)
+    daemon_env.update(env or {})
     try:
-        daemon = start_containerd(busybox_image, DEFAULT_REF, isolation=isolation)
+        daemon = start_containerd(image_tarball, DEFAULT_REF, env=daemon_env, isolation=isolation)
     except RuntimeError as error:
         pytest.fail(str(error))
     try:
         yield daemon
-        leftovers = daemon.ctr("task", "ls", "-q").stdout.split()
+        leftovers = [f"{namespace}/{task}" for namespace in daemon.namespaces()
+                     for task in daemon.ctr("--namespace", namespace, "task", "ls", "-q").stdout.decode().split()]
         assert not leftovers, f"tasks left behind: {leftovers}"
     finally:
         found = stop_containerd(daemon)

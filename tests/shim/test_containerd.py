@@ -206,6 +206,46 @@ def _pid_ended(pid: int, timeout: float) -> bool:
         os.close(pidfd)
 
 
+def test_in_the_host_pid_namespace_the_inits_children_die_with_it_before_its_exit_is_reported(
+        containerd: Containerd) -> None:
+    # containerd's TestContainerKillInitPidHost: without a pid namespace of its own nothing kills the
+    # init's other processes, so the shim must (runc kill --all), and at once: this child holds the
+    # init's stdout open, which the output drain would wait for. The child's pid comes through a FIFO.
+    share = os.path.join(containerd.directory, "share")
+    os.mkdir(share)
+    os.mkfifo(os.path.join(share, "child"))
+    reader = os.open(os.path.join(share, "child"), os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        containerd.ctr(*containerd.run_args("c1", "sh", "-c", "sleep 100000 & echo $! > /share/child; exec sleep 100001",
+                                            extra=("-d", "--with-ns", f"pid:/proc/{os.getpid()}/ns/pid", "--mount",
+                                                   f"type=bind,src={share},dst=/share,options=rbind:rw")))
+        with os.fdopen(reader, "rb", buffering=0, closefd=False) as stream:
+            child = int(_read_line(stream))
+    finally:
+        os.close(reader)
+    containerd.ctr("task", "kill", "-s", "KILL", "c1")
+    with open(os.path.join(containerd.bundle("c1"), "address")) as address_file:
+        path = address_file.read().removeprefix("unix://")
+    with ttrpc.Client(path) as client:
+        reply = shim_pb2.WaitResponse.FromString(client.call(SERVICE, "Wait", shim_pb2.WaitRequest(
+            id="c1").SerializeToString()))
+    alive = not _pid_ended(child, 0)
+    containerd.ctr("task", "rm", "-f", "c1")
+    containerd.ctr("containers", "rm", "c1")
+    assert reply.exit_status == 128 + signal.SIGKILL
+    assert not alive, "the init's child outlived the reported exit"
+
+
+def test_an_init_program_not_in_the_image_fails_create_not_start(containerd: Containerd) -> None:
+    # containerd's TestRegressionIssue6429: runc create fails then, so the runc shim's Create does,
+    # and NewTask must too (no task is left to start, no /tasks/exit ever comes).
+    result = containerd.ctr(*containerd.run_args("c1", "notfound404", extra=("--rm",)), check=False)
+    assert result.returncode != 0
+    assert b"failed to create shim task" in result.stderr and b"process.args[0]" in result.stderr, result.stderr
+    assert b"c1" not in containerd.ctr("task", "ls", "-q").stdout
+    assert containerd.ctr(*containerd.run_args("c2", "/bin/true", extra=("--rm",)), check=False).returncode == 0
+
+
 def test_a_sigkilled_shim_is_cleaned_up_by_task_rm(containerd: Containerd) -> None:
     containerd.ctr(*containerd.run_args("c1", "sleep", "100000", extra=("-d",)))
     bundle = containerd.bundle("c1")
@@ -272,6 +312,8 @@ def test_bad_calls_get_grpc_codes_and_bad_frames_leave_containerd_served(contain
     bad_field = any_pb2.Any(type_url=PROCESS_SPEC_TYPE, value=b'{"args": ["true"], "selinuxLabel": "x"}')
     assert code_of("Exec", shim_pb2.ExecProcessRequest(id="c1", exec_id="x", spec=bad_field)) == ttrpc.INVALID_ARGUMENT
     assert code_of("Pause", shim_pb2.PauseRequest(id="c1")) == ttrpc.UNIMPLEMENTED
+    # As the runc shim (containerd's TestTaskResize): a resize without a terminal is no error.
+    assert code_of("ResizePty", shim_pb2.ResizePtyRequest(id="c1", width=80, height=24)) == ttrpc.OK
     assert code_of("Delete", shim_pb2.DeleteRequest(id="c1")) == ttrpc.FAILED_PRECONDITION  # still running
     # containerd's own connection was never disturbed.
     result = containerd.ctr("task", "exec", "--fifo-dir", containerd.fifo_dir, "--exec-id", "e1", "c1", "echo", "ok")

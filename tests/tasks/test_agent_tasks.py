@@ -169,7 +169,7 @@ def test_bad_arguments_are_refused_before_anything_is_sent(client, tmp_path, arg
     with pytest.raises(InvalidArgumentError, match=message):
         client.create_task(task_id, **{"bundle": bundle.path, **arguments})
     assert client.stats()["execs"] == 0
-    client.create_task(task_id, bundle.path).delete()  # the id was not held
+    client.create_task(task_id, bundle.path, rootfs=bundle.rootfs).delete()  # the id was not held
 
 
 def test_tasks_leave_the_agent_no_fd_no_watch_and_no_zombie(client, ipc_agent, tmp_path):

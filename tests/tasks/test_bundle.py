@@ -12,7 +12,7 @@ import pytest
 
 from common import ProcessSpec
 from common.errors import InvalidArgumentError
-from common.supervisor.bundle import find_in_root, load_bundle
+from common.supervisor.bundle import BundleConfig, find_in_root, load_bundle, missing_init_program
 from vm_images.busybox import make_bundle
 
 
@@ -128,3 +128,27 @@ def test_find_in_root_follows_links_as_the_container_would(tmp_path):
         assert find_in_root(str(root), name, "/usr/bin:/bin") == f"/bin/{name}"
     for name in ("loop", "plain", "missing"):
         assert find_in_root(str(root), name, "/usr/bin:/bin") is None
+
+
+def test_an_init_program_runc_create_would_not_find_is_named(tmp_path):
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "tool").write_text("#!/bin/sh\n")
+    (root / "bin" / "tool").chmod(0o755)
+    (root / "bin" / "data").write_text("not executable")
+
+    def missing(args, env=(), mounts=(), cwd="/"):
+        spec = ProcessSpec(args=args, env=list(env), cwd=cwd)
+        return missing_init_program(BundleConfig(spec, str(root), True, tuple(mounts)))
+
+    assert missing(["tool"]) is None  # the default search path
+    assert missing(["tool"], env=["PATH=/bin"]) is None
+    assert missing(["/bin/tool"]) is None
+    assert missing(["./tool"], cwd="/bin") is None
+    assert missing(["tool"], env=["PATH=/usr/bin"]) == "'tool': no executable file of that name in the root " \
+                                                        "filesystem in PATH /usr/bin"
+    assert missing(["/bin/data"]) is not None
+    assert missing(["notfound404"]) is not None
+    # A mount of config.json may bring it: runc mounts those only at create.
+    assert missing(["/mnt/tools/run"], mounts=["/mnt"]) is None
+    assert missing(["run"], env=["PATH=/mnt/tools"], mounts=["/mnt/tools"]) is None

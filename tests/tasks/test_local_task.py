@@ -241,14 +241,22 @@ def test_a_bundle_that_cannot_make_a_task(task_id, bundle_of, fault, message):
     LocalTask(task_id, good.path, rootfs=good.rootfs).delete()
 
 
+def test_an_init_program_not_in_the_root_filesystem_fails_creation_as_runc_create_would(task_id, bundle_of):
+    # containerd expects its Create to fail then (TestRegressionIssue6429), before any start.
+    bundle = bundle_of(ProcessSpec(args=["/bin/no-such-init"]))
+    with pytest.raises(InvalidArgumentError, match=r"process\.args\[0\]: '/bin/no-such-init'"):
+        LocalTask(task_id, bundle.path, rootfs=bundle.rootfs)
+    assert task_id not in runc_ids()
+    assert mounts_at_or_under(bundle.path) == []
+
+
 @pytest.mark.parametrize(
     ("init", "options", "message"),
     [
-        (ProcessSpec(args=["/bin/no-such-init"]), {}, "no-such-init"),
         # runc itself refuses: a hostname needs a UTS namespace of the container's own.
         (SLEEPER, {"namespaces": ("pid", "mount", "ipc", "network")}, "hostname"),
     ],
-    ids=["missing-init", "runc-refuses"],
+    ids=["runc-refuses"],
 )
 def test_an_init_that_cannot_start_fails_like_any_start(task_id, bundle_of, cleanup, init, options, message):
     bundle = bundle_of(init, **options)
