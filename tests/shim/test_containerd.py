@@ -411,11 +411,21 @@ def test_two_namespaces_may_each_run_a_container_of_the_same_id(containerd: Cont
 
 @BOTH_ISOLATIONS
 def test_task_metrics_reports_the_containers_pids_memory_and_cpu(containerd: Containerd) -> None:
-    containerd.ctr(*containerd.run_args("c1", "sh", "-c", "sleep 100000 & sleep 100000 & wait", extra=("-d",)))
-    metrics = containerd.ctr("task", "metrics", "c1").stdout.decode()
-    rows = dict(line.split(None, 1) for line in metrics.splitlines() if line.strip() and " " in line.strip())
-    assert rows.get("pids.current", "").strip() == "3", metrics  # sh and its two sleeps
-    assert int(rows["memory.usage_in_bytes"]) > 0, metrics
-    assert int(rows["cpuacct.usage"]) > 0, metrics
-    containerd.ctr("task", "rm", "-f", "c1")
-    containerd.ctr("containers", "rm", "c1")
+    run = containerd.ctr_popen(*containerd.run_args(
+        "c1", "sh", "-c", "sleep 100000 & sleep 100000 & echo ready; wait", extra=("--rm",)),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _read_line(run.stdout) == b"ready\n"  # both sleeps forked
+        metrics = containerd.ctr("task", "metrics", "c1").stdout.decode()
+        rows = dict(line.split(None, 1) for line in metrics.splitlines() if line.strip() and " " in line.strip())
+        assert rows.get("pids.current", "").strip() == "3", metrics  # sh and its two sleeps
+        assert int(rows["memory.usage_in_bytes"]) > 0, metrics
+        assert int(rows["cpuacct.usage"]) > 0, metrics
+        containerd.ctr("task", "kill", "-s", "KILL", "--all", "c1")
+        assert run.wait(CTR_TIMEOUT) == 128 + signal.SIGKILL
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        run.stdout.close()  # type: ignore[union-attr]
+        run.stderr.close()  # type: ignore[union-attr]
