@@ -715,3 +715,7 @@ def _close_transport(transport: paramiko.Transport) -> None:
         transport.join(10.0)
         if transport.is_alive():
             log.warning("ssh transport thread %s did not stop", transport.name)
+    # Transport.close() does nothing for a transport that is not active (its thread never ran, or
+    # it is ending), and then leaves the TCP socket to paramiko's thread or to nobody: close it here
+    # (closing twice is harmless). A ResourceWarning for this socket once failed the tunnel tests.
+    transport.sock.close()
