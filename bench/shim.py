@@ -260,11 +260,17 @@ def _wrapper_records(bench_dir: str, container_id: str) -> dict[str, float]:
     return found
 
 
+#: This process's own children when it became a subreaper (containerd; a private agent an earlier
+#: family started for its tasks): never taken for adopted shims.
+_OWN_CHILDREN: set[int] = set()
+
+
 def _adopted(exclude: int) -> list[int]:
-    """This process's children other than ``exclude`` (containerd): shims it adopted as a subreaper."""
+    """This process's children other than ``exclude`` (containerd) and its own from before it became a
+    subreaper: shims it adopted as a subreaper."""
     mine = os.getpid()
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and int(entry) != exclude
-            and _ppid(int(entry)) == mine]
+            and int(entry) not in _OWN_CHILDREN and _ppid(int(entry)) == mine]
 
 
 def _reap(pid: int, timeout: float = 30.0) -> float:
@@ -307,6 +313,9 @@ def _traced_run(daemon: Containerd, bench_dir: str, container_id: str, runtime: 
 def _subreaper(daemon: Containerd) -> Iterator[None]:
     """This process adopts orphans meanwhile; at the end it reaps what it adopted and stops adopting."""
     libc = ctypes.CDLL(None, use_errno=True)
+    mine = os.getpid()
+    _OWN_CHILDREN.clear()
+    _OWN_CHILDREN.update(int(entry) for entry in os.listdir("/proc") if entry.isdigit() and _ppid(int(entry)) == mine)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
     try:
