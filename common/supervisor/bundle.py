@@ -171,14 +171,8 @@ def missing_init_program(config: BundleConfig) -> str | None:
         if any(normal == mount or normal.startswith(mount.rstrip("/") + "/")
                for mount in map(os.path.normpath, config.mount_destinations)):
             return None
-        found = _resolve_in_root(config.root, normal)
-        if found is not None:
-            try:
-                mode = os.stat(found).st_mode
-            except OSError:
-                continue
-            if stat.S_ISREG(mode) and mode & 0o111:
-                return None
+        if _executable_in_root(config.root, normal):
+            return None
     where = "" if "/" in program else f" in PATH {search_path}"
     return f"{describe(program)}: no executable file of that name in the root filesystem{where}"
 
@@ -249,14 +243,20 @@ def find_in_root(root: str, program: str, search_path: str = DEFAULT_PATH) -> st
         if not directory.startswith("/"):
             continue
         container_path = directory.rstrip("/") + "/" + program
-        found = _resolve_in_root(root, container_path)
-        if found is None:
-            continue
-        try:
-            mode = os.lstat(found).st_mode
-        except OSError:
-            continue
-        if stat.S_ISREG(mode) and mode & 0o111:
+        if _executable_in_root(root, container_path):
             return container_path
     return None
+
+
+def _executable_in_root(root: str, container_path: str) -> bool:
+    """True if ``container_path`` resolves, inside the root filesystem ``root``, to an executable
+    regular file."""
+    found = _resolve_in_root(root, container_path)
+    if found is None:
+        return False
+    try:
+        mode = os.lstat(found).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) and bool(mode & 0o111)
 
