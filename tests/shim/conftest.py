@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -31,7 +32,7 @@ from host_proxy.shim.testbed import (
 from vm_images import build_image
 from vm_images.oci_image import DEFAULT_REF, write_image_tarball
 
-__all__ = ["BOTH_ISOLATIONS", "CTR_TIMEOUT", "SUMMARY", "private_containerd", "PROCESS_ISOLATION", "RUNTIME", "SHIM", "Containerd", "ends_within",
+__all__ = ["BOTH_ISOLATIONS", "CTR_TIMEOUT", "SUMMARY", "private_containerd", "running_ctr", "PROCESS_ISOLATION", "RUNTIME", "SHIM", "Containerd", "ends_within",
            "processes_naming"]
 
 #: For a test that must hold in both isolations: the ``containerd`` fixture's containers get each in turn.
@@ -49,6 +50,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.section("containerd suite")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@contextlib.contextmanager
+def running_ctr(containerd: Containerd, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``ctr ARGS`` running, its stdout and stderr piped; ended (killed if still running) and reaped on exit."""
+    process = containerd.ctr_popen(*args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
 
 
 def pytest_report_header() -> str:

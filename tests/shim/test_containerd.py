@@ -34,6 +34,7 @@ from .conftest import (
     Containerd,
     ends_within,
     processes_naming,
+    running_ctr,
 )
 
 pytestmark = pytest.mark.timeout(400)
@@ -67,10 +68,8 @@ def test_run_reports_exit_codes_and_passes_stdout_and_stderr_byte_exact(containe
 @BOTH_ISOLATIONS
 @pytest.mark.parametrize("all_processes", [False, True])
 def test_kill_ends_the_init_with_128_plus_the_signal(containerd: Containerd, all_processes: bool) -> None:
-    run = containerd.ctr_popen(*containerd.run_args("c1", "sh", "-c", "echo ready; exec sleep 100000",
-                                                    extra=("--rm",)),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with running_ctr(containerd, *containerd.run_args("c1", "sh", "-c", "echo ready; exec sleep 100000",
+                                                        extra=("--rm",))) as run:
         assert _read_line(run.stdout) == b"ready\n"
         ps = containerd.ctr("task", "ps", "c1").stdout.decode().split()
         listed = containerd.ctr("task", "ls").stdout.decode().split()
@@ -78,12 +77,6 @@ def test_kill_ends_the_init_with_128_plus_the_signal(containerd: Containerd, all
         assert init_pid in ps
         containerd.ctr("task", "kill", "-s", "KILL", *(["--all"] if all_processes else []), "c1")
         assert run.wait(60) == 128 + signal.SIGKILL
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-        run.stdout.close()  # type: ignore[union-attr]
-        run.stderr.close()  # type: ignore[union-attr]
 
 
 @BOTH_ISOLATIONS
@@ -167,19 +160,12 @@ def test_events_are_published_once_and_in_order(containerd: Containerd) -> None:
             if select.select([events.stdout.fileno()], [], [], 1.0)[0]:  # type: ignore[union-attr]
                 break
         read_until("/uvmexec-test/ready")
-        run = containerd.ctr_popen(*containerd.run_args("c1", "sh", "-c", "echo ready; exec sleep 100000",
-                                                        extra=("--rm",)),
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        try:
+        with running_ctr(containerd, *containerd.run_args("c1", "sh", "-c", "echo ready; exec sleep 100000",
+                                                            extra=("--rm",))) as run:
             assert _read_line(run.stdout) == b"ready\n"
             containerd.ctr("task", "exec", "--fifo-dir", containerd.fifo_dir, "--exec-id", "e1", "c1", "true")
             containerd.ctr("task", "kill", "-s", "KILL", "c1")
             assert run.wait(60) == 137
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-            run.stdout.close()  # type: ignore[union-attr]
         publish("/uvmexec-test/done")
         lines = read_until("/uvmexec-test/done")
     finally:
@@ -193,17 +179,6 @@ def test_events_are_published_once_and_in_order(containerd: Containerd) -> None:
 
 # An event ctr events can decode (it skips types it does not know): TaskOOM{container_id: "marker"}.
 MARKER = any_pb2.Any(type_url="containerd.events.TaskOOM", value=b"\x0a\x06marker").SerializeToString()
-
-
-def _pid_ended(pid: int, timeout: float) -> bool:
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([pidfd], [], [], timeout)[0])
-    finally:
-        os.close(pidfd)
 
 
 def test_in_the_host_pid_namespace_the_inits_children_die_with_it_before_its_exit_is_reported(
@@ -229,7 +204,7 @@ def test_in_the_host_pid_namespace_the_inits_children_die_with_it_before_its_exi
     with ttrpc.Client(path) as client:
         reply = shim_pb2.WaitResponse.FromString(client.call(SERVICE, "Wait", shim_pb2.WaitRequest(
             id="c1").SerializeToString()))
-    alive = not _pid_ended(child, 0)
+    alive = not ends_within(child, 0)
     containerd.ctr("task", "rm", "-f", "c1")
     containerd.ctr("containers", "rm", "c1")
     assert reply.exit_status == 128 + signal.SIGKILL
@@ -254,8 +229,8 @@ def test_a_sigkilled_shim_is_cleaned_up_by_task_rm(containerd: Containerd) -> No
     listed = containerd.ctr("task", "ls").stdout.decode().split()
     init_pid = int(listed[listed.index("c1") + 1])
     os.kill(shim_pid, signal.SIGKILL)
-    assert _pid_ended(shim_pid, 30)
-    assert _pid_ended(init_pid, 30), "the container outlived its shim"
+    assert ends_within(shim_pid, 30)
+    assert ends_within(init_pid, 30), "the container outlived its shim"
     containerd.ctr("task", "rm", "-f", "c1", check=False)  # containerd may have cleaned up already
     assert "c1" not in containerd.ctr("task", "ls", "-q").stdout.decode().split()
     containerd.ctr("containers", "rm", "c1")
@@ -371,22 +346,14 @@ def test_an_init_binary_missing_from_the_image_fails_the_run_naming_it(container
 @BOTH_ISOLATIONS
 def test_task_ps_lists_the_init_and_names_each_exec(containerd: Containerd) -> None:
     containerd.ctr(*containerd.run_args("c1", "sleep", "100000", extra=("-d",)))
-    execution = containerd.ctr_popen("task", "exec", "--fifo-dir", containerd.fifo_dir, "--exec-id", "e1", "c1",
-                                     "sh", "-c", "echo started; exec sleep 100000",
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with running_ctr(containerd, "task", "exec", "--fifo-dir", containerd.fifo_dir, "--exec-id", "e1", "c1",
+                     "sh", "-c", "echo started; exec sleep 100000") as execution:
         assert _read_line(execution.stdout) == b"started\n"
         rows = [line.split(None, 1) for line in containerd.ctr("task", "ps", "c1").stdout.decode().splitlines()[1:]]
         infos = [info for _, info in rows]
         assert len(rows) == 2 and "-" in infos and any("ExecID:e1" in info for info in infos), rows
         containerd.ctr("task", "kill", "-s", "KILL", "--all", "c1")
         assert execution.wait(60) == 137
-    finally:
-        if execution.poll() is None:
-            execution.kill()
-            execution.wait()
-        execution.stdout.close()  # type: ignore[union-attr]
-        execution.stderr.close()  # type: ignore[union-attr]
     containerd.ctr("task", "rm", "-f", "c1")
     containerd.ctr("containers", "rm", "c1")
 
@@ -411,10 +378,8 @@ def test_two_namespaces_may_each_run_a_container_of_the_same_id(containerd: Cont
 
 @BOTH_ISOLATIONS
 def test_task_metrics_reports_the_containers_pids_memory_and_cpu(containerd: Containerd) -> None:
-    run = containerd.ctr_popen(*containerd.run_args(
-        "c1", "sh", "-c", "sleep 100000 & sleep 100000 & echo ready; wait", extra=("--rm",)),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with running_ctr(containerd, *containerd.run_args(
+            "c1", "sh", "-c", "sleep 100000 & sleep 100000 & echo ready; wait", extra=("--rm",))) as run:
         assert _read_line(run.stdout) == b"ready\n"  # both sleeps forked
         metrics = containerd.ctr("task", "metrics", "c1").stdout.decode()
         rows = dict(line.split(None, 1) for line in metrics.splitlines() if line.strip() and " " in line.strip())
@@ -423,9 +388,3 @@ def test_task_metrics_reports_the_containers_pids_memory_and_cpu(containerd: Con
         assert int(rows["cpuacct.usage"]) > 0, metrics
         containerd.ctr("task", "kill", "-s", "KILL", "--all", "c1")
         assert run.wait(CTR_TIMEOUT) == 128 + signal.SIGKILL
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-        run.stdout.close()  # type: ignore[union-attr]
-        run.stderr.close()  # type: ignore[union-attr]

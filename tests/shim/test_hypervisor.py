@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import platform
 import signal
-import subprocess
 
 import pytest
 
-from .conftest import RUNTIME, Containerd, ends_within
+from .conftest import RUNTIME, Containerd, ends_within, running_ctr
 from .test_containerd import _read_line
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(600),
@@ -81,20 +80,13 @@ def test_two_containers_of_one_pod_share_one_shim_and_one_vm(containerd: Contain
 
 
 def test_a_lost_guest_ends_the_container_with_255_and_its_delete_cleans_up(containerd: Containerd) -> None:
-    run = containerd.ctr_popen(*containerd.run_args("c1", "sh", "-c", "echo ready; exec sleep 100000"),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert _read_line(run.stdout) == b"ready\n"
+    with running_ctr(containerd, *containerd.run_args("c1", "sh", "-c", "echo ready; exec sleep 100000")) as run:
+        first = _read_line(run.stdout)
+        assert first == b"ready\n", run.stderr.read() if not first else first  # type: ignore[union-attr]
         (qemu,) = _qemu_pids(containerd)
         os.kill(qemu, signal.SIGKILL)
         assert run.wait(60) == 255
         assert b"" == run.stderr.read()  # type: ignore[union-attr]
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-        run.stdout.close()  # type: ignore[union-attr]
-        run.stderr.close()  # type: ignore[union-attr]
     # ctr run deleted the task once it exited: the shim answered Delete with the guest gone.
     assert "c1" not in containerd.ctr("task", "ls", "-q").stdout.decode().split()
     containerd.ctr("containers", "rm", "c1")
