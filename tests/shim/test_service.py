@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -19,7 +19,7 @@ from host_proxy.shim.events import EVENTS_SERVICE, Publisher
 from host_proxy.shim.proto import events_service_pb2, mount_pb2, shim_pb2
 from host_proxy.shim.service import TaskService
 from tests.tasks.helpers import mounts_at_or_under, runc_ids
-from vm_images.busybox import make_bundle
+from vm_images.busybox import Bundle, make_bundle
 
 
 class FakeContainerd:
@@ -51,6 +51,20 @@ class FakeContainerd:
         self._listener.close()
 
 
+def _process_bundle(tmp_path, args: list[str], change: Callable[[dict], object] | None = None) -> Bundle:
+    """A busybox bundle running ``args`` whose config.json asks for process isolation (then ``change``d)."""
+    bundle = make_bundle(tmp_path / "bundle", ProcessSpec(args=args, env=["PATH=/bin"]))
+    config_path = os.path.join(bundle.path, "config.json")
+    with open(config_path) as config_file:
+        config = json.load(config_file)
+    config["annotations"] = {isolation.ANNOTATION: isolation.PROCESS}
+    if change is not None:
+        change(config)
+    with open(config_path, "w") as config_file:
+        json.dump(config, config_file)
+    return bundle
+
+
 @pytest.fixture
 def fake_containerd(tmp_path) -> Iterator[FakeContainerd]:
     fake = FakeContainerd(str(tmp_path / "events.sock"))
@@ -61,13 +75,7 @@ def fake_containerd(tmp_path) -> Iterator[FakeContainerd]:
 
 
 def test_wait_answers_only_after_containerd_took_the_exit_event(tmp_path, fake_containerd: FakeContainerd) -> None:
-    bundle = make_bundle(tmp_path / "bundle", ProcessSpec(args=["sh", "-c", "exit 3"], env=["PATH=/bin"]))
-    config_path = os.path.join(bundle.path, "config.json")
-    with open(config_path) as config_file:
-        config = json.load(config_file)
-    config["annotations"] = {isolation.ANNOTATION: isolation.PROCESS}
-    with open(config_path, "w") as config_file:
-        json.dump(config, config_file)
+    bundle = _process_bundle(tmp_path, ["sh", "-c", "exit 3"])
     publisher = Publisher(str(tmp_path / "events.sock"), "default")
     service = TaskService(publisher, {isolation.PROCESS: lambda task_id, path, stdio, mounts, on_event: LocalTask(
         task_id, path, stdio, rootfs=mounts, on_event=on_event)})
@@ -118,14 +126,7 @@ def _process_service(tmp_path) -> TaskService:
 ])
 def test_a_config_json_that_is_not_valid_is_invalid_argument_naming_the_field(
         tmp_path, fake_containerd: FakeContainerd, change, words: str) -> None:
-    bundle = make_bundle(tmp_path / "bundle", ProcessSpec(args=["true"], env=["PATH=/bin"]))
-    config_path = os.path.join(bundle.path, "config.json")
-    with open(config_path) as config_file:
-        config = json.load(config_file)
-    config["annotations"] = {isolation.ANNOTATION: isolation.PROCESS}
-    change(config)
-    with open(config_path, "w") as config_file:
-        json.dump(config, config_file)
+    bundle = _process_bundle(tmp_path, ["true"], change)
     task_id = f"uvmexec-shim-bad-{os.getpid()}"
     rootfs = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
               for mount in bundle.rootfs]
@@ -138,13 +139,7 @@ def test_a_config_json_that_is_not_valid_is_invalid_argument_naming_the_field(
 
 
 def test_a_rootfs_mount_that_fails_is_refused_and_leaves_no_mount(tmp_path, fake_containerd: FakeContainerd) -> None:
-    bundle = make_bundle(tmp_path / "bundle", ProcessSpec(args=["true"], env=["PATH=/bin"]))
-    config_path = os.path.join(bundle.path, "config.json")
-    with open(config_path) as config_file:
-        config = json.load(config_file)
-    config["annotations"] = {isolation.ANNOTATION: isolation.PROCESS}
-    with open(config_path, "w") as config_file:
-        json.dump(config, config_file)
+    bundle = _process_bundle(tmp_path, ["true"])
     task_id = f"uvmexec-shim-mount-{os.getpid()}"
     good = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
             for mount in bundle.rootfs]
