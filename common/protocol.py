@@ -351,13 +351,14 @@ def get_mounts(message: dict[str, Any], field: str) -> list[Mount]:
 class CreateTaskArgs(_StdioArgs):
     """A decoded ``create_task`` request: the task (its init's stdio is as ``create``'s)."""
 
-    __slots__ = ("task_id", "handle", "bundle", "rootfs")
+    __slots__ = ("task_id", "handle", "bundle", "rootfs", "create_init")
 
     def __init__(self, message: dict[str, Any]) -> None:
         self.task_id = get_str(message, "task", MAX_ID_BYTES)
         self.handle = get_int(message, "h", 1, MAX_HANDLE) if "h" in message else None
         self.bundle = get_str(message, "bundle", MAX_PATH_BYTES)
         self.rootfs = get_mounts(message, "rootfs")
+        self.create_init = get_bool(message, "create_init", False)
         self._read_stdio(message)
 
 

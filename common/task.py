@@ -96,6 +96,17 @@ class Task(abc.ABC):
       init's exit is reported after theirs.
     - ``init.kill(signal, all=True)`` signals every process of the container.
     - :meth:`delete` with a RUNNING init is ``FailedPreconditionError``.
+
+    Made with ``create_init=True``, a task splits its start as containerd's
+    Create and Start do (``runc create``, then ``runc start``): its init's
+    process exists from the task's creation, waiting to be started. Its pid is
+    :attr:`created_pid`, and :meth:`kill` signals it (with ``all``, every
+    process of the container); :meth:`pids` and :meth:`stats` answer for it.
+    The init itself stays CREATED, under the exec contract (``pid`` 0, no
+    events), until ``init.start()``, which is ``runc start``. If the process
+    dies before that, the init exits with its exit status (128+N for signal
+    N) and, never started, publishes nothing; :meth:`delete` kills it and the
+    init's status is 0, as for any CREATED exec.
     """
 
     @property
@@ -116,6 +127,17 @@ class Task(abc.ABC):
         ``init.start()`` creates and starts the container (``runc create`` +
         ``runc start``); ``init.delete()`` is :meth:`delete`.
         """
+
+    @property
+    def created_pid(self) -> int:
+        """The pid of the init's process as ``runc create`` made it (``create_init=True``), kept for
+        the task's life; 0 for a task made without it."""
+        return 0
+
+    def kill(self, signal: int, all: bool = False) -> None:  # noqa: A002 - containerd's name
+        """containerd's Kill of the task: before the init started, the process ``runc create``
+        made (``create_init``) gets ``signal``; otherwise ``init.kill(signal, all)``."""
+        self.init.kill(signal, all)
 
     @abc.abstractmethod
     def create_exec(

@@ -91,10 +91,20 @@ def op_create_task(agent: Agent, session: Session, message: dict[str, Any]) -> d
     args = CreateTaskArgs(message)
 
     def make_task(**stdio: Any) -> Any:
-        return TaskCore(agent.supervisor, args.task_id, args.bundle, rootfs=args.rootfs, **stdio).init
+        return TaskCore(agent.supervisor, args.task_id, args.bundle, rootfs=args.rootfs,
+                        create_init=args.create_init, **stdio).init
 
     record = _new_record(agent, session, args, args.task_id, make_task)
-    return {"h": record.handle, "terminal": record.core.spec.terminal}
+    return {"h": record.handle, "terminal": record.core.spec.terminal,
+            "pid": _task(agent, args.task_id).created_pid}
+
+
+def op_task_kill(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
+    """containerd's Kill of a task's init: before its start, the process ``runc create`` made."""
+    task = _task(agent, protocol.get_str(message, "task", MAX_ID_BYTES))
+    # The task checks the signal after the state, as for an exec's kill: pass what came.
+    task.kill(message.get("signal"), protocol.get_bool(message, "all", False))  # type: ignore[arg-type]
+    return {}
 
 
 def op_pids(agent: Agent, session: Session, message: dict[str, Any]) -> dict[str, Any]:
@@ -340,6 +350,7 @@ REQUESTS: dict[str, Callable[..., Any]] = {
     "create_task": op_create_task,
     "pids": op_pids,
     "task_stats": op_task_stats,
+    "task_kill": op_task_kill,
     "start": op_start,
     "kill": op_kill,
     "resize_pty": op_resize_pty,

@@ -359,9 +359,12 @@ class AgentClient(AgentLink):
         share: BundleShare | None = None,
         on_event: Callable[[ExecEvent], None] | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        create_init: bool = False,
     ) -> ProxiedTask:
         """Create a container on the agent from the OCI bundle at ``bundle``, run by runc there;
         ``stdio``, ``on_event`` and ``drain_timeout`` are its init's. ``task.init.start()`` starts it.
+        With ``create_init`` the agent runs ``runc create`` now, as containerd's Create does (see
+        :class:`common.Task`: ``created_pid``, ``kill``).
 
         Without ``share``, ``bundle`` is a path on the agent's machine: the agent checks its
         config.json and mounts ``rootfs`` onto ``bundle/rootfs`` now (errors are raised here).
@@ -380,7 +383,8 @@ class AgentClient(AgentLink):
                     raise already_exists_error(task_id, task_id)
             placed = SharedBundle(share, task_id, os.path.abspath(bundle_path), mounts)
         try:
-            return self._create_task(task_id, bundle_path, mounts, stdio, drain_timeout, on_event, placed)
+            return self._create_task(task_id, bundle_path, mounts, stdio, drain_timeout, on_event, placed,
+                                     bool(create_init))
         except BaseException:
             if placed is not None:
                 placed.remove()
@@ -388,7 +392,7 @@ class AgentClient(AgentLink):
 
     def _create_task(self, task_id: str, bundle_path: str, mounts: list[Mount], stdio: Stdio,
                      drain_timeout: float, on_event: Callable[[ExecEvent], None] | None,
-                     placed: SharedBundle | None) -> ProxiedTask:
+                     placed: SharedBundle | None, create_init: bool) -> ProxiedTask:
         ends = self._reserve(task_id, task_id, stdio)
         handle = self._new_handle()
         fields = {
@@ -401,9 +405,12 @@ class AgentClient(AgentLink):
             "paths": list(ends.paths),
             "drain_timeout": drain_timeout,
         }
+        if create_init:
+            fields["create_init"] = True
         try:
             result = self.request("create_task", fields)
             terminal = protocol.get_bool(result, "terminal")
+            created_pid = protocol.get_int(result, "pid", 0, 2**31, default=0)
         except BaseException:
             ends.release()
             self._release(task_id, task_id)
@@ -416,7 +423,8 @@ class AgentClient(AgentLink):
         self._conn.execs[handle] = remote
         with self._live_lock:
             self._live[(task_id, task_id)] = remote
-        return ProxiedTask(self, remote, on_delete=placed.remove if placed is not None else None)
+        return ProxiedTask(self, remote, created_pid=created_pid,
+                           on_delete=placed.remove if placed is not None else None)
 
     def attach(
         self,

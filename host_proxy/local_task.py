@@ -31,7 +31,8 @@ class LocalTask(Task):
 
     The bundle's config.json is checked and ``rootfs`` is mounted onto
     ``bundle/rootfs`` here (errors are raised now); ``init.start()`` starts the
-    container. ``stdio``, ``on_event`` and ``drain_timeout`` are the init's.
+    container. ``stdio``, ``on_event`` and ``drain_timeout`` are the init's; ``create_init``
+    runs ``runc create`` now, as containerd's Create (see :class:`common.Task`).
     """
 
     def __init__(
@@ -43,11 +44,12 @@ class LocalTask(Task):
         rootfs: Sequence[Mount] | None = None,
         on_event: Callable[[ExecEvent], None] | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        create_init: bool = False,
     ) -> None:
         path = os.fspath(bundle)
         self._task: ProxiedTask = private_client().create_task(
             task_id, os.path.abspath(path) if isinstance(path, str) else path, stdio, rootfs=rootfs,
-            on_event=on_event, drain_timeout=drain_timeout)
+            on_event=on_event, drain_timeout=drain_timeout, create_init=create_init)
 
     def __repr__(self) -> str:
         return f"<LocalTask {self._task.id}>"
@@ -63,6 +65,13 @@ class LocalTask(Task):
     @property
     def init(self) -> ProxiedExec:
         return self._task.init
+
+    @property
+    def created_pid(self) -> int:
+        return self._task.created_pid
+
+    def kill(self, signal: int, all: bool = False) -> None:  # noqa: A002 - containerd's name
+        self._task.kill(signal, all)
 
     def create_exec(
         self,

@@ -17,6 +17,7 @@ the agent):
 ``pids()``               pids              ``runc ps``
 ``stats()``              task_stats        ``runc events --stats``
 ``init.kill(s, True)``   kill (all)        ``runc kill --all``
+``kill(s)`` before start task_kill         ``runc kill`` (``create_init``)
 ``delete()``             delete (init)     ``TaskCore.delete``: ``runc delete``, unmount
 =======================  ================  ==========================================
 
@@ -34,7 +35,7 @@ from common import protocol, rules
 from common.errors import task_not_found_error
 from common.rules import DEFAULT_DRAIN_TIMEOUT
 from common.spec import ProcessSpec, Stdio
-from common.state import ExecEvent, ExecStatus
+from common.state import ExecEvent, ExecState, ExecStatus
 from common.task import ProcessInfo, Task
 
 from .proxied_exec import ProxiedExec
@@ -62,9 +63,10 @@ class _TaskInit(ProxiedExec):
 class ProxiedTask(Task):
     """A container behind an agent. See :class:`common.Task` for the rules."""
 
-    def __init__(self, client: AgentClient, init_record: RemoteExec, *,
+    def __init__(self, client: AgentClient, init_record: RemoteExec, *, created_pid: int = 0,
                  on_delete: Callable[[], None] | None = None) -> None:
         self._client = client
+        self._created_pid = created_pid
         self._on_delete = on_delete
         self._id = init_record.task_id
         self._bundle = init_record.bundle
@@ -87,6 +89,18 @@ class ProxiedTask(Task):
     @property
     def init(self) -> ProxiedExec:
         return self._init
+
+    @property
+    def created_pid(self) -> int:
+        return self._created_pid
+
+    def kill(self, signal: int, all: bool = False) -> None:  # noqa: A002 - containerd's name
+        self._check_live()
+        if not self._created_pid or self._init.state is not ExecState.CREATED:
+            self._init.kill(signal, all)
+            return
+        rules.check_signal(signal)
+        self._client.request("task_kill", {"task": self._id, "signal": signal, "all": bool(all)})
 
     def _check_live(self) -> None:
         if self._deleted:

@@ -209,7 +209,7 @@ class ExecCore:
                 f"exec: '{self.exec_id}' in task: '{self.task_id}' failed to start: {error.cause}"
             ) from None
         # Watch before anything can yield to the loop: an instant exit is never missed.
-        self._watch = self.supervisor.reaper.watch(spawned.pid, spawned.popen)
+        self._watch = spawned.watch or self.supervisor.reaper.watch(spawned.pid, spawned.popen)
         self._pid = spawned.pid
         self._pty_master = spawned.pty_master
         self._transition(ExecState.RUNNING, "start")

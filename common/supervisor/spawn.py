@@ -29,10 +29,13 @@ import struct
 import subprocess
 import termios
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import describe
 from ..spec import MAX_RLIM, ProcessSpec
+
+if TYPE_CHECKING:
+    from .reaper import Watch
 
 # Linux resource numbers; Python's resource module lacks RLIMIT_LOCKS.
 _RLIMIT_NUMBERS = {
@@ -107,6 +110,9 @@ class Spawned:
     ``stdin_fd`` is None when stdin is ``/dev/null``; with a tty, ``pty_master``
     carries both directions and ``stdout_fd``/``stderr_fd`` are None. ``popen``
     is None for a process this one did not spawn itself (one runc started).
+    ``watch`` is the reaper's watch of a process watched since before it was
+    launched (a container's init, made by ``runc create`` before its start):
+    the exec takes it over rather than watching the pid a second time.
     """
 
     pid: int
@@ -115,6 +121,7 @@ class Spawned:
     stdout_fd: int | None
     stderr_fd: int | None
     pty_master: int | None
+    watch: Watch | None = None
 
 
 _SHORTAGE_ERRNOS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}

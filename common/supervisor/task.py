@@ -13,8 +13,14 @@ How each piece maps onto containerd's runc shim (``pkg/process/init.go``,
 ``exec.go``, ``runtime/v2/runc``):
 
 - ``init.start()``: ``runc create`` with the init's stdio, then ``runc start``
-  (containerd does the two in Create and Start; the exec contract has one
-  start, and a failed create is a failed start: exit 1, no events).
+  (the exec contract has one start, and a failed create is a failed start:
+  exit 1, no events). With ``create_init=True`` the task does as containerd's
+  Create and Start: ``runc create`` when the task is made — the init's process
+  then exists, waiting in ``runc init`` (:attr:`TaskCore.created_pid`), and
+  :meth:`TaskCore.kill` signals it — and ``init.start()`` is ``runc start``.
+  The init itself stays CREATED, with the exec contract's rules, until then;
+  if the created process dies first (killed), the init exits with its exit
+  status and, never started, publishes nothing.
 - an exec's ``start()``: ``runc exec --detach --process`` with a process.json
   written from its spec. A spec without ``PATH`` gets the exec contract's
   default search path: ``args[0]`` is looked up in the root filesystem and
@@ -55,6 +61,7 @@ from ..errors import (
     ExecError,
     FailedPreconditionError,
     InvalidArgumentError,
+    UnavailableError,
     already_exists_error,
     describe,
 )
@@ -66,6 +73,7 @@ from .bundle import find_in_root, load_bundle, missing_init_program
 from .execcore import ExecCore, Supervisor
 from .launcher import Launcher
 from .mounts import mount_all, unmount
+from .reaper import Watch
 from .runc import ConsoleSocket, Runc, RuncError
 from .spawn import Spawned, SpawnError
 from .streams import InputSource, OutputSink
@@ -107,6 +115,7 @@ class TaskCore:
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         emit: Callable[[ExecEvent], None] | None = None,
         runc: Runc | None = None,
+        create_init: bool = False,
     ) -> None:
         if not supervisor.reaper.reaps_orphans:
             raise FailedPreconditionError("tasks need a supervisor that reaps orphans (a child subreaper)")
@@ -130,6 +139,12 @@ class TaskCore:
         self._numbers = itertools.count()
         #: runc knows the container (create succeeded) until it was deleted.
         self._created = False
+        #: With ``create_init``: the process ``runc create`` made, until the init starts or it exits.
+        self._early: Spawned | None = None
+        #: The init's exec took the early process's watch over (it started).
+        self._early_started = False
+        #: The pid of the init's process as ``runc create`` made it (``create_init``), else 0.
+        self.created_pid = 0
         self._execs: dict[str, ExecCore] = {}
         try:
             if rootfs:
@@ -145,6 +160,8 @@ class TaskCore:
                 stdio_paths=stdio_paths, bundle=bundle, drain_timeout=drain_timeout, emit=emit,
                 launcher=_InitLauncher(self),
             )
+            if create_init:
+                self._create_container(stdin is not None, stdout is not None, stderr is not None)
         except BaseException:
             self._release_files()
             raise
@@ -185,7 +202,7 @@ class TaskCore:
 
     def pids(self) -> list[ProcessInfo]:
         """The container's processes (``runc ps``): host pids, with the exec each one is."""
-        if self.init.state is not ExecState.RUNNING:
+        if self.init.state is not ExecState.RUNNING and self._early is None:
             return []
         try:
             pids = self.runc.ps(self._log, self.id)
@@ -193,16 +210,34 @@ class TaskCore:
             raise ExecError(f"task: '{self.id}': runc ps: {getattr(error, 'message', error)}") from None
         known = {core.snapshot.pid: core.exec_id for core in (self.init, *self.live_execs())
                  if core.state is ExecState.RUNNING}
+        if self._early is not None:
+            known[self._early.pid] = self.id
         return [ProcessInfo(pid, known.get(pid, "")) for pid in pids]
 
     def stats(self) -> dict[str, Any]:
-        """The container's resource usage now (``runc events --stats``); its init must be running."""
-        if self.init.state is not ExecState.RUNNING:
+        """The container's resource usage now (``runc events --stats``); its init must be running
+        (or, with ``create_init``, created)."""
+        if self.init.state is not ExecState.RUNNING and self._early is None:
             raise FailedPreconditionError(f"task: '{self.id}': no statistics: its init is {self.init.state.value}")
         try:
             return self.runc.stats(self._log, self.id)
         except (RuncError, ValueError) as error:
             raise ExecError(f"task: '{self.id}': runc events --stats: {getattr(error, 'message', error)}") from None
+
+    def kill(self, signum: int, all: bool = False) -> None:  # noqa: A002 - containerd's name
+        """containerd's Kill of the task's init. Before the init started, the process ``runc
+        create`` made (``create_init``) gets the signal (``runc kill``; with ``all``, every process
+        of the container): if it dies, the init exits with its status. Otherwise ``init.kill``,
+        with the exec contract's rules."""
+        if self.init.state is ExecState.CREATED and self._early is not None:
+            rules.check_signal(signum)
+            try:
+                self.runc.kill(self._log, self.id, signum, all=all)
+            except RuncError as error:
+                if "not running" not in error.message:  # else it died while the signal was on its way
+                    raise ExecError(f"task: '{self.id}': runc kill: {error.message}") from None
+            return
+        self.init.kill(signum, all)
 
     # -- the end -----------------------------------------------------------------
 
@@ -226,6 +261,7 @@ class TaskCore:
             except RuncError as error:
                 raise ExecError(f"task: '{self.id}': runc delete: {error.message}") from None
             self._created = False
+        self._drop_early()
         for core in self.live_execs():
             core.delete()
         final = self.init.delete()
@@ -245,6 +281,7 @@ class TaskCore:
             except RuncError as error:
                 log.error("task %s: runc delete: %s", self.id, error.message)
             self._created = False
+        self._drop_early()
         self._release_files()
         self.supervisor.tasks.pop(self.id, None)
 
@@ -269,23 +306,60 @@ class TaskCore:
             if console is not None:
                 console.close()
 
+    def _create_container(self, feed_stdin: bool, capture_stdout: bool, capture_stderr: bool) -> None:
+        """``runc create`` now (``create_init``): the init's process waits in ``runc init`` for its
+        start, watched from here on. A failure is the task's creation failing."""
+        try:
+            spawned = self._launch(["create", "--bundle", self.bundle], self.config.process, feed_stdin,
+                                   capture_stdout, capture_stderr)
+        except SpawnError as error:
+            error_class = UnavailableError if error.is_resource_shortage else InvalidArgumentError
+            raise error_class(f"task: '{self.id}': runc create: {error.cause}") from None
+        self._created = True
+        # Watched in the same loop step as runc create returned: the orphan sweep cannot take it.
+        watch = spawned.watch = self.supervisor.reaper.watch(spawned.pid)
+        self._early = spawned
+        self.created_pid = spawned.pid
+        self.supervisor.loop.create_task(self._early_exit(spawned, watch))
+
+    async def _early_exit(self, spawned: Spawned, watch: Watch) -> None:
+        """The created process exited. Started by then, the init's exec took it over; else it died
+        before its start (killed, or ``runc delete``): the init exits with its status."""
+        status = await watch.exited
+        if self._early_started:
+            return
+        watch.close()
+        if self._early is spawned:
+            self._drop_early()
+            if self.init.state is ExecState.CREATED and not self.init.deleted:
+                self.init.force_exit(status)
+
+    def _drop_early(self) -> None:
+        """Close this side's ends of the created process's stdio (it will not start)."""
+        early, self._early = self._early, None
+        if early is not None:
+            _close_ends(early)
+
     def start_init(self, spec: ProcessSpec, feed_stdin: bool, capture_stdout: bool,
                    capture_stderr: bool) -> Spawned:
-        spawned = self._launch(["create", "--bundle", self.bundle], spec, feed_stdin, capture_stdout,
-                               capture_stderr)
-        self._created = True
+        early, self._early = self._early, None
+        if early is not None:
+            spawned = early  # runc create ran when the task was made (create_init)
+        else:
+            spawned = self._launch(["create", "--bundle", self.bundle], spec, feed_stdin, capture_stdout,
+                                   capture_stderr)
+            self._created = True
         try:
             self.runc.call(self._log, "start", self.id)
         except RuncError as error:
-            for fd in (spawned.stdin_fd, spawned.stdout_fd, spawned.stderr_fd, spawned.pty_master):
-                if fd is not None:
-                    os.close(fd)
+            _close_ends(spawned)
             try:  # kills the created init; the orphan sweep reaps it
                 self.runc.call(self._log, "delete", "--force", self.id)
                 self._created = False
             except RuncError as delete_error:
                 log.error("task %s: runc delete after a failed start: %s", self.id, delete_error.message)
             raise SpawnError(f"runc start: {error.message}") from None
+        self._early_started = early is not None
         return spawned
 
     def start_exec(self, spec: ProcessSpec, feed_stdin: bool, capture_stdout: bool,
@@ -333,6 +407,12 @@ class TaskCore:
         running = [core for core in self.live_execs() if core.state is ExecState.RUNNING]
         if running:
             await asyncio.gather(*(_exited(core) for core in running))
+
+
+def _close_ends(spawned: Spawned) -> None:
+    for fd in (spawned.stdin_fd, spawned.stdout_fd, spawned.stderr_fd, spawned.pty_master):
+        if fd is not None:
+            os.close(fd)
 
 
 def _exited(core: ExecCore) -> asyncio.Future[ExecStatus]:

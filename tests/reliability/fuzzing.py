@@ -23,10 +23,11 @@ KNOWN_CODES = {"not_found", "failed_precondition", "invalid_argument", "already_
                "deadline_exceeded", "unimplemented"}
 
 REQUEST_OPS = ["ping", "create", "start", "kill", "resize_pty", "close_io", "status", "force_exit", "delete", "list",
-               "stats", "attach", "resync", "hello", "create_task", "pids"]
+               "stats", "attach", "resync", "hello", "create_task", "pids", "task_stats", "task_kill"]
 NOTIFICATION_OPS = ["ack", "stdin", "bye"]
 FIELDS = ["id", "op", "task", "exec", "spec", "bundle", "stdio", "paths", "drain_timeout", "signal", "all", "width",
-          "height", "q", "status", "execs", "h", "s", "acked", "versions", "session", "client", "rootfs", "in_task"]
+          "height", "q", "status", "execs", "h", "s", "acked", "versions", "session", "client", "rootfs", "in_task",
+          "create_init"]
 
 
 def fuzz_settings(ci_examples: int, **overrides: Any) -> settings:
