@@ -32,6 +32,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import settings
 from .cache import BuildError, Progress, digest, ensure_step, file_digest, tree_digest
@@ -58,6 +59,8 @@ LAUNCH_SOURCES: tuple[str, ...] = (
 )
 
 MANIFEST = "manifest.json"
+#: The memo of which kernel package apt resolves to (vm_images.kernel.resolve_kernel).
+KERNEL_MEMO = "kernel-resolution.json"
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ def build_image(*, cache_dir: Path | None = None, project_root: Path | None = No
     progress = progress or Progress()
     mirror = mirror or settings.debian_mirror()
     busybox = _host_busybox()
-    package = resolve_kernel()
+    secure_cache(cache_dir)
+    package = resolve_kernel_kept(cache_dir / KERNEL_MEMO)
 
     rootfs_key = digest("rootfs", rootfs_key_parts(), file_digest(PACKAGE_DIR / "rootfs.py"))
     kernel_key = digest("kernel", package.name, package.version, settings.KERNEL_MODULES,
@@ -118,7 +122,6 @@ def build_image(*, cache_dir: Path | None = None, project_root: Path | None = No
          for name in settings.PROJECT_PACKAGES},
     )
     final = cache_dir / image_key
-    secure_cache(cache_dir)
     if (final / MANIFEST).is_file():
         progress.note(f"image {image_key} is cached")
         return ImagePaths.from_directory(final)
@@ -140,6 +143,46 @@ def build_image(*, cache_dir: Path | None = None, project_root: Path | None = No
     progress.note(f"image {image_key} ready in {final}")
     prune_images(cache_dir, keep=keep_images, progress=progress)
     return ImagePaths.from_directory(final)
+
+
+#: What apt's answer depends on: its package lists, its cache, its configuration, dpkg's status.
+APT_STATE_PATHS = ("/var/lib/apt/lists", "/var/cache/apt/pkgcache.bin", "/etc/apt/sources.list",
+                   "/etc/apt/sources.list.d", "/etc/apt/preferences", "/etc/apt/preferences.d",
+                   "/etc/apt/apt.conf.d", "/var/lib/dpkg/status")
+
+
+def apt_state() -> list[Any]:
+    """A fingerprint of what apt-cache reads: each path's kind, size, inode and mtime (a list
+    directory's mtime changes whenever ``apt-get update`` puts a new list in place)."""
+    state: list[Any] = [settings.KERNEL_METAPACKAGE, os.environ.get("APT_CONFIG", "")]
+    for path in APT_STATE_PATHS:
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            state.append([path, None])
+            continue
+        state.append([path, info.st_mode, info.st_size, info.st_ino, info.st_mtime_ns])
+    return state
+
+
+def resolve_kernel_kept(memo: Path) -> KernelPackage:
+    """:func:`~vm_images.kernel.resolve_kernel`, kept in ``memo`` while :func:`apt_state` is unchanged.
+
+    Asking apt takes two ``apt-cache`` runs, over a second of CPU each here: every boot's cache
+    check paid it (a containerd shim boots a VM at its first Create) though the answer changes
+    only with apt's lists or configuration."""
+    state = apt_state()
+    try:
+        kept = json.loads(memo.read_text())
+        if kept["state"] == state:
+            return KernelPackage(kept["name"], kept["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    package = resolve_kernel()
+    partial = memo.with_name(f".{memo.name}.{os.getpid()}")
+    partial.write_text(json.dumps({"state": state, "name": package.name, "version": package.version}))
+    os.replace(partial, memo)
+    return package
 
 
 def secure_cache(cache_dir: Path) -> None:

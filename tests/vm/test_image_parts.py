@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vm_images import settings
+from vm_images import image, settings
 from vm_images.cache import BuildError, Progress, ensure_step, tree_digest
 from vm_images.image import BUILD_SOURCES, LAUNCH_SOURCES, MANIFEST, PACKAGE_DIR, ImagePaths, secure_cache
 from vm_images.initrd import CpioWriter
@@ -295,3 +295,22 @@ def test_stopping_a_vm_takes_a_tasks_mounts_off_its_share_before_removing_it(tmp
     shutil.rmtree(tmp_path / "run")  # what stop() does next: the bundle's root is untouched
     assert (root / "etc" / "keep").read_text() == "the bundle's own file\n"
     assert release_share(share) == []
+
+
+def test_the_kernel_resolution_is_apts_and_is_asked_again_only_when_apt_changes(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    memo = tmp_path / "kernel-resolution.json"
+    asked = image.resolve_kernel_kept(memo)  # the real apt (two apt-cache runs, a second of CPU each)
+    assert asked.name.startswith("linux-image-") and asked.version
+    calls: list[int] = []
+    monkeypatch.setattr(image, "resolve_kernel", lambda: calls.append(1) or asked)  # counts the asks of apt
+    assert image.resolve_kernel_kept(memo) == asked and calls == []  # apt unchanged: the memo answers
+    # apt's lists change (an `apt-get update` that brought a new list): asked again.
+    monkeypatch.setattr(image, "APT_STATE_PATHS", (*image.APT_STATE_PATHS, str(tmp_path / "lists")))
+    (tmp_path / "lists").mkdir()
+    assert image.resolve_kernel_kept(memo) == asked and calls == [1]
+    assert image.resolve_kernel_kept(memo) == asked and calls == [1]
+    (tmp_path / "lists" / "new_Packages").write_text("")
+    assert image.resolve_kernel_kept(memo) == asked and calls == [1, 1]
+    memo.write_text("not json")  # a damaged memo is asked again, not trusted
+    assert image.resolve_kernel_kept(memo) == asked and calls == [1, 1, 1]
