@@ -27,7 +27,6 @@ import tomllib
 from common.errors import InvalidArgumentError, describe
 
 from .runtime_options import RUNTIME_OPTIONS_TYPE as RUNTIME_OPTIONS_TYPE
-from .runtime_options import config_path_of as config_path_of
 from .sandbox import VMOptions
 
 ANNOTATION = "io.uvmexec.isolation"

@@ -100,10 +100,10 @@ def runc_root(address: str, namespace: str) -> str:
 
 
 def start(args: argparse.Namespace) -> int:
-    from .runtime_options import config_path_of
+    from .runtime_options import join_cgroup, parse
 
-    options = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
-    options_path = config_path_of(options)
+    options = parse(b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read())
+    options_path = options.config_path
     bundle = os.getcwd()
     group = group_of(bundle, args.id)
     path = socket_path(args.address, args.namespace, group)
@@ -122,9 +122,20 @@ def start(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "host_proxy.shim", "-namespace", args.namespace, "-address", args.address,
                "-id", group, "-bundle", bundle, "-socket", path] + (["-debug"] if args.debug else []) + ["serve"]
     with open(os.path.join(bundle, "shim.log"), "ab") as log:
-        subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=bundle, env=env,
-                         pass_fds=[listener.fileno()], start_new_session=True)
+        server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=bundle, env=env,
+                                  pass_fds=[listener.fileno()], start_new_session=True)
     listener.close()
+    if options.shim_cgroup:
+        from common.errors import ExecError
+
+        try:  # as the runc shim's start: the server goes into the cgroup asked for, or nothing starts
+            join_cgroup(server.pid, options.shim_cgroup)
+        except (OSError, ExecError) as error:
+            server.kill()
+            server.wait()
+            os.unlink(path)
+            print(f"containerd-shim-uvmexec-v1: {getattr(error, 'message', error)}", file=sys.stderr)
+            return 1
     return _print_address(bundle, path)
 
 
@@ -142,12 +153,11 @@ def serve(args: argparse.Namespace) -> int:
     prestart(args.bundle, os.environ.get(OPTIONS_ENV, ""), runc_root(args.address, args.namespace))
     from common.errors import ExecError
     from common.supervisor.runc import ROOT_ENV
-    from host_proxy.local_task import LocalTask
 
     from . import isolation
     from .events import Publisher
     from .sandbox import UtilityVM, VMOptions, run_dir_for
-    from .service import SERVICE, TaskService
+    from .service import SERVICE, TaskService, process_task
     from .ttrpc import Server
 
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
@@ -172,9 +182,7 @@ def serve(args: argparse.Namespace) -> int:
     vm = UtilityVM(run_dir_for(args.address, args.namespace, args.id), vm_options)
     service = TaskService(
         publisher,
-        {isolation.PROCESS: lambda task_id, bundle, stdio, mounts, on_event: LocalTask(
-            task_id, bundle, stdio, rootfs=mounts, on_event=on_event),
-         isolation.HYPERVISOR: vm.create_task},
+        {isolation.PROCESS: process_task, isolation.HYPERVISOR: vm.create_task},
         options_path=options_path, on_shutdown=on_shutdown)
     server = Server({SERVICE: service.methods()})
     with open(os.path.join(args.bundle, "shim.pid"), "w") as pid_file:  # as the runc shim: who to kill

@@ -114,7 +114,8 @@ class UtilityVM:
         _write_record(bundle, self._run_dir)
         client, info = self._ready()
         return client.create_task(task_id, bundle, stdio, rootfs=mounts,
-                                  share=BundleShare(info.share_dir, info.guest_share_dir), on_event=on_event)
+                                  share=BundleShare(info.share_dir, info.guest_share_dir), on_event=on_event,
+                                  create_init=True)
 
     def _ready(self) -> tuple[AgentClient, GuestInfo]:
         with self._lock:

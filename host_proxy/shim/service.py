@@ -6,17 +6,26 @@ gRPC status codes (:data:`ERROR_CODES`), which containerd turns back into its
 own errdefs errors. No rule about processes lives here: the task and its
 execs enforce them, the same for every isolation.
 
+Create and Start are containerd's runc shim's: Create makes the task with
+``create_init`` (``runc create``: the init's process exists and Create answers
+its pid) and Start is ``runc start``. Before Start, State reports that pid and
+Kill signals that process (:meth:`common.Task.kill`).
+
 Events (containerd's runtime v2 shim protocol): /tasks/create after Create,
 /tasks/start and /tasks/exec-started from the execs' ``ExecStarted``,
 /tasks/exec-added after Exec, /tasks/exit from ``ExecExited`` — which the exec
 contract publishes before it releases waiters, and ``Wait`` answers only once
-it was forwarded — and /tasks/delete after the Delete of a task.
+it was forwarded — and /tasks/delete after the Delete of a task. An init
+killed before its start publishes nothing under the exec contract (it never
+started), yet containerd's runc shim sends /tasks/exit for every process it
+reaps: the service sends that one itself, once, before ``Wait`` answers.
 
 ``State`` is served from memory (``Exec.status()``), never a round trip.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -44,6 +53,7 @@ from common.errors import (
 from common.spec import ProcessSpec, Stdio
 from common.state import ExecEvent, ExecExited, ExecStarted, ExecState, ExecStatus
 from common.task import Mount, Task
+from host_proxy.local_task import LocalTask
 
 from . import isolation, ttrpc
 from .events import Publisher, timestamp
@@ -83,8 +93,15 @@ _STATUS = {
     ExecState.EXITED: task_types_pb2.STOPPED,
 }
 
-#: Makes a task: (task id, bundle, init's stdio, rootfs mounts, on_event) -> Task.
+#: Makes a task: (task id, bundle, init's stdio, rootfs mounts, on_event) -> Task, made with
+#: ``create_init`` (runc create at Create, as containerd expects).
 TaskFactory = Callable[[str, str, Stdio, list[Mount], Callable[[ExecEvent], None]], Task]
+
+
+def process_task(task_id: str, bundle: str, stdio: Stdio, mounts: list[Mount],
+                 on_event: Callable[[ExecEvent], None]) -> Task:
+    """Process isolation's factory: a container on this host."""
+    return LocalTask(task_id, bundle, stdio, rootfs=mounts, on_event=on_event, create_init=True)
 
 
 def rpc_error(error: ExecError) -> ttrpc.RpcError:
@@ -99,6 +116,14 @@ class _TaskRecord:
     task: Task
     container_process: dict[str, Any]
     execs: dict[str, Exec] = field(default_factory=dict)  # guarded by TaskService._lock
+    #: The init's ExecStarted came; /tasks/exit of an init that never started went out; Delete began.
+    init_started: bool = False
+    unstarted_exit_sent: bool = False
+    deleting: bool = False
+
+    def init_pid(self, status: ExecStatus) -> int:
+        """The init's pid as containerd knows it: before start, the process runc create made."""
+        return status.pid or self.task.created_pid
 
 
 def _stdio(stdin: str, stdout: str, stderr: str, terminal: bool) -> Stdio:
@@ -186,6 +211,10 @@ class TaskService:
             init = event.exec_id == task_id
             if isinstance(event, ExecStarted):
                 if init:
+                    with self._lock:
+                        record = self._tasks.get(task_id)
+                        if record is not None:
+                            record.init_started = True
                     self._publisher.publish("/tasks/start", events_pb2.TaskStart(container_id=task_id, pid=event.pid))
                 else:
                     self._publisher.publish("/tasks/exec-started", events_pb2.TaskExecStarted(
@@ -195,6 +224,25 @@ class TaskService:
                     container_id=task_id, id=event.exec_id, pid=event.pid, exit_status=event.exit_status,
                     exited_at=timestamp(event.exited_at)))
         return on_event
+
+    def _send_unstarted_exit(self, record: _TaskRecord, final: ExecStatus) -> None:
+        """/tasks/exit of an init that exited before its start (killed while created), once."""
+        with self._lock:
+            if record.init_started or record.unstarted_exit_sent or record.deleting or not record.task.created_pid:
+                return
+            record.unstarted_exit_sent = True
+        self._publisher.publish("/tasks/exit", events_pb2.TaskExit(
+            container_id=record.task.id, id=record.task.id, pid=record.task.created_pid,
+            exit_status=final.exit_status, exited_at=timestamp(final.exited_at)))
+
+    def _watch_unstarted(self, record: _TaskRecord) -> None:
+        """A thread per created task: whoever Waits or not, an init that dies before its start is
+        told to containerd (its state and CRI learn of exits from events)."""
+        try:
+            final = record.task.init.wait()
+        except ExecError:  # deleted
+            return
+        self._send_unstarted_exit(record, final)
 
     # -- the methods ----------------------------------------------------------------------------
 
@@ -212,13 +260,17 @@ class TaskService:
         task = factory(request.id, request.bundle,
                                        _stdio(request.stdin, request.stdout, request.stderr, request.terminal),
                                        mounts, self._on_event(request.id))
+        record = _TaskRecord(task, _container_process(request.bundle))
         with self._lock:
-            self._tasks[request.id] = _TaskRecord(task, _container_process(request.bundle))
+            self._tasks[request.id] = record
         self._publisher.publish("/tasks/create", events_pb2.TaskCreate(
             container_id=request.id, bundle=request.bundle, rootfs=request.rootfs,
             io=events_pb2.TaskIO(stdin=request.stdin, stdout=request.stdout, stderr=request.stderr,
-                                 terminal=request.terminal)))
-        return shim_pb2.CreateTaskResponse(pid=0)
+                                 terminal=request.terminal), pid=task.created_pid))
+        if task.created_pid:
+            threading.Thread(target=self._watch_unstarted, args=(record,), name=f"unstarted-{request.id}",
+                             daemon=True).start()
+        return shim_pb2.CreateTaskResponse(pid=task.created_pid)
 
     def start(self, request: shim_pb2.StartRequest) -> shim_pb2.StartResponse:
         process = self._exec(request.id, request.exec_id)
@@ -238,8 +290,9 @@ class TaskService:
 
     def state(self, request: shim_pb2.StateRequest) -> shim_pb2.StateResponse:
         status = self._exec(request.id, request.exec_id).status()
+        pid = status.pid if request.exec_id else self._record(request.id).init_pid(status)
         response = shim_pb2.StateResponse(
-            id=status.id, exec_id=request.exec_id, bundle=status.bundle, pid=status.pid,
+            id=status.id, exec_id=request.exec_id, bundle=status.bundle, pid=pid,
             status=_STATUS[status.status], stdin=status.stdin, stdout=status.stdout, stderr=status.stderr,
             terminal=status.terminal, exit_status=status.exit_status)
         if status.exited_at is not None:
@@ -247,7 +300,10 @@ class TaskService:
         return response
 
     def kill(self, request: shim_pb2.KillRequest) -> empty_pb2.Empty:
-        self._exec(request.id, request.exec_id).kill(request.signal, all=request.all)
+        if request.exec_id:
+            self._exec(request.id, request.exec_id).kill(request.signal, all=request.all)
+        else:  # the task: before its start, the process runc create made
+            self._record(request.id).task.kill(request.signal, all=request.all)
         return empty_pb2.Empty()
 
     def resize_pty(self, request: shim_pb2.ResizePtyRequest) -> empty_pb2.Empty:
@@ -263,6 +319,8 @@ class TaskService:
 
     def wait(self, request: shim_pb2.WaitRequest) -> shim_pb2.WaitResponse:
         final = self._exec(request.id, request.exec_id).wait()
+        if not request.exec_id:
+            self._send_unstarted_exit(self._record(request.id), final)
         self._publisher.flush()  # /tasks/exit was queued before wait() returned: let it reach containerd first
         return shim_pb2.WaitResponse(exit_status=final.exit_status, exited_at=timestamp(final.exited_at))
 
@@ -274,10 +332,18 @@ class TaskService:
             with self._lock:
                 record.execs.pop(request.exec_id, None)
         else:
-            final = record.task.delete()
+            with self._lock:
+                record.deleting = True
+            try:
+                final = record.task.delete()
+            except BaseException:
+                with self._lock:
+                    record.deleting = False
+                raise
             with self._lock:
                 if self._tasks.get(request.id) is record:
                     del self._tasks[request.id]
+            final = dataclasses.replace(final, pid=record.init_pid(final))
             self._publisher.publish("/tasks/delete", events_pb2.TaskDelete(
                 container_id=request.id, pid=final.pid, exit_status=final.exit_status,
                 exited_at=timestamp(final.exited_at)))
@@ -305,7 +371,7 @@ class TaskService:
     def connect(self, request: shim_pb2.ConnectRequest) -> shim_pb2.ConnectResponse:
         with self._lock:
             record = self._tasks.get(request.id)
-        task_pid = record.task.init.status().pid if record is not None else 0
+        task_pid = record.init_pid(record.task.init.status()) if record is not None else 0
         return shim_pb2.ConnectResponse(shim_pid=os.getpid(), task_pid=task_pid)
 
     def shutdown(self, request: shim_pb2.ShutdownRequest) -> empty_pb2.Empty:

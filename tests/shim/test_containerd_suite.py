@@ -61,27 +61,10 @@ EXCLUDED = {
 
 #: Tests that pass with runc and not with our shim, for a reason we know and accept for now: not run
 #: with our shim (some leave their task behind when they fail), listed in the report with the reason.
-_CREATE_IS_NOT_RUNC_CREATE = (
-    "our task runs `runc create` and `runc start` together at Start (the exec contract has one start), so "
-    "between Create and Start there is no process yet")
 KNOWN_DIFFERENCES: dict[str, str] = {
-    "TestContainerStart": f"checks task.Pid() > 0 after Create: {_CREATE_IS_NOT_RUNC_CREATE}, and Create answers pid 0",
-    "TestWaitStoppedTask": f"checks task.Pid() > 0 after Create: {_CREATE_IS_NOT_RUNC_CREATE}, and Create answers "
-                           "pid 0",
-    "TestTaskSpec": f"kills a task it never started: {_CREATE_IS_NOT_RUNC_CREATE}, and Kill of a created init is "
-                    "refused ('invalid state: created')",
-    "TestTaskResize": f"kills a task it never started and waits for its exit: {_CREATE_IS_NOT_RUNC_CREATE}, "
-                      "and Kill of a created init is refused, so the exit never comes and the test hangs (its "
-                      "resize of a task without a terminal is fine now)",
-    "TestShimInCgroup": "the runc shim's option ShimCgroup (containerd.runc.v1.Options) is not honored: our shim "
-                        f"stays in containerd's cgroup; the test then kills the task it never started: "
-                        f"{_CREATE_IS_NOT_RUNC_CREATE}",
     "TestKillContainerDeletedByRunc": "the runc shim's option Root (containerd.runc.v1.Options) is not honored: our "
                                       "containers live under our agent's runc root, so the test's own `runc "
                                       "--root /tmp/runc-test/testing delete` finds nothing",
-    "TestContainerMetrics": f"asks for the metrics of a task it never started: {_CREATE_IS_NOT_RUNC_CREATE}, "
-                            "so there are no statistics yet (Stats of a started task works: tests/shim/"
-                            "test_containerd.py), and then kills that task, which is refused",
     "TestTaskUpdate": "Update is not implemented by our shim (no `runc update` of the resources)",
 }
 

@@ -30,7 +30,7 @@ def test_the_generated_modules_are_those_of_the_proto_files(tmp_path) -> None:
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I.", f"--descriptor_set_out={out}", *protos],
                    cwd=PROJECT, check=True)
     generated = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
-    assert len(generated.file) == len(protos) == 10
+    assert len(generated.file) == len(protos) == 11
     for file in generated.file:
         _without_json_names(file.message_type)
         module = file.name.replace("/", ".").removesuffix(".proto") + "_pb2"

@@ -13,11 +13,11 @@ import pytest
 
 from common import ProcessSpec
 from common.errors import ExecError
-from host_proxy.local_task import LocalTask
 from host_proxy.shim import isolation, ttrpc
 from host_proxy.shim.events import EVENTS_SERVICE, Publisher
-from host_proxy.shim.proto import events_service_pb2, mount_pb2, shim_pb2
-from host_proxy.shim.service import TaskService
+from host_proxy.shim.proto import events_service_pb2, mount_pb2, shim_pb2, task_types_pb2
+from host_proxy.shim.service import TaskService, process_task
+from host_proxy.shim.testbed import ends_within
 from tests.tasks.helpers import mounts_at_or_under, runc_ids
 from vm_images.busybox import Bundle, make_bundle
 
@@ -77,8 +77,7 @@ def fake_containerd(tmp_path) -> Iterator[FakeContainerd]:
 def test_wait_answers_only_after_containerd_took_the_exit_event(tmp_path, fake_containerd: FakeContainerd) -> None:
     bundle = _process_bundle(tmp_path, ["sh", "-c", "exit 3"])
     publisher = Publisher(str(tmp_path / "events.sock"), "default")
-    service = TaskService(publisher, {isolation.PROCESS: lambda task_id, path, stdio, mounts, on_event: LocalTask(
-        task_id, path, stdio, rootfs=mounts, on_event=on_event)})
+    service = TaskService(publisher, {isolation.PROCESS: process_task})
     task_id = f"uvmexec-shim-test-{os.getpid()}"
     rootfs = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
               for mount in bundle.rootfs]
@@ -106,6 +105,67 @@ def test_wait_answers_only_after_containerd_took_the_exit_event(tmp_path, fake_c
     assert mounts_at_or_under(bundle.path) == []
 
 
+def test_a_task_killed_before_start_exits_once_as_the_runc_shims(tmp_path, fake_containerd: FakeContainerd) -> None:
+    """Create runs runc create (a pid, State says CREATED); Kill ends that process; /tasks/exit goes out
+    once, before Wait answers, though the init never started; Delete reports the pid and status."""
+    bundle = _process_bundle(tmp_path, ["sleep", "1000"])
+    publisher = Publisher(str(tmp_path / "events.sock"), "default")
+    service = TaskService(publisher, {isolation.PROCESS: process_task})
+    task_id = f"uvmexec-shim-test-{os.getpid()}"
+    rootfs = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
+              for mount in bundle.rootfs]
+    try:
+        pid = service.create(shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=rootfs)).pid
+        assert pid > 0 and os.path.exists(f"/proc/{pid}")
+        state = service.state(shim_pb2.StateRequest(id=task_id))
+        assert (state.status, state.pid) == (task_types_pb2.CREATED, pid)
+        assert [process.pid for process in service.pids(shim_pb2.PidsRequest(id=task_id)).processes] == [pid]
+        answers: list[shim_pb2.WaitResponse] = []
+        waiter = threading.Thread(target=lambda: answers.append(service.wait(shim_pb2.WaitRequest(id=task_id))))
+        waiter.start()
+        service.kill(shim_pb2.KillRequest(id=task_id, signal=9))
+        assert fake_containerd.exit_arrived.wait(30)
+        waiter.join(0.5)  # the exit event is held at containerd: Wait must still be waiting
+        assert answers == [] and waiter.is_alive()
+        fake_containerd.release_exit.set()
+        waiter.join(30)
+        assert [answer.exit_status for answer in answers] == [137]
+        state = service.state(shim_pb2.StateRequest(id=task_id))
+        assert (state.status, state.pid, state.exit_status) == (task_types_pb2.STOPPED, pid, 137)
+        deleted = service.delete(shim_pb2.DeleteRequest(id=task_id))
+        assert (deleted.pid, deleted.exit_status) == (pid, 137)
+        publisher.flush()
+        assert fake_containerd.topics == ["/tasks/create", "/tasks/exit", "/tasks/delete"]
+    finally:
+        fake_containerd.release_exit.set()
+        with contextlib.suppress(ExecError):  # the test failed before its own delete
+            service.delete(shim_pb2.DeleteRequest(id=task_id))
+        publisher.close()
+    assert task_id not in runc_ids()
+    assert mounts_at_or_under(bundle.path) == []
+
+
+def test_a_task_deleted_before_start_publishes_no_exit(tmp_path, fake_containerd: FakeContainerd) -> None:
+    bundle = _process_bundle(tmp_path, ["sleep", "1000"])
+    publisher = Publisher(str(tmp_path / "events.sock"), "default")
+    service = TaskService(publisher, {isolation.PROCESS: process_task})
+    task_id = f"uvmexec-shim-test-{os.getpid()}"
+    rootfs = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
+              for mount in bundle.rootfs]
+    try:
+        pid = service.create(shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=rootfs)).pid
+        deleted = service.delete(shim_pb2.DeleteRequest(id=task_id))
+        assert (deleted.pid, deleted.exit_status) == (pid, 0)
+        assert ends_within(pid, 0)  # runc delete --force killed it
+        publisher.flush()
+        assert fake_containerd.topics == ["/tasks/create", "/tasks/delete"]
+    finally:
+        with contextlib.suppress(ExecError):
+            service.delete(shim_pb2.DeleteRequest(id=task_id))
+        publisher.close()
+    assert task_id not in runc_ids()
+
+
 def _failing_create(service: TaskService, request: shim_pb2.CreateTaskRequest) -> ttrpc.RpcError:
     """Create through the method table containerd's calls go through; the RpcError it answers."""
     with pytest.raises(ttrpc.RpcError) as raised:
@@ -115,8 +175,7 @@ def _failing_create(service: TaskService, request: shim_pb2.CreateTaskRequest) -
 
 def _process_service(tmp_path) -> TaskService:
     publisher = Publisher(str(tmp_path / "events.sock"), "default")
-    return TaskService(publisher, {isolation.PROCESS: lambda task_id, path, stdio, mounts, on_event: LocalTask(
-        task_id, path, stdio, rootfs=mounts, on_event=on_event)})
+    return TaskService(publisher, {isolation.PROCESS: process_task})
 
 
 @pytest.mark.parametrize(("change", "words"), [

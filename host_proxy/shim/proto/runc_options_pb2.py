@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(host_proxy/shim/proto/runc_options.proto\x12\x12\x63ontainerd.runc.v1\"!\n\x0eProcessDetails\x12\x0f\n\x07\x65xec_id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(host_proxy/shim/proto/runc_options.proto\x12\x12\x63ontainerd.runc.v1\"\xec\x01\n\x07Options\x12\x15\n\rno_pivot_root\x18\x01 \x01(\x08\x12\x16\n\x0eno_new_keyring\x18\x02 \x01(\x08\x12\x13\n\x0bshim_cgroup\x18\x03 \x01(\t\x12\x0e\n\x06io_uid\x18\x04 \x01(\r\x12\x0e\n\x06io_gid\x18\x05 \x01(\r\x12\x13\n\x0b\x62inary_name\x18\x06 \x01(\t\x12\x0c\n\x04root\x18\x07 \x01(\t\x12\x11\n\tcriu_path\x18\x08 \x01(\t\x12\x16\n\x0esystemd_cgroup\x18\t \x01(\x08\x12\x17\n\x0f\x63riu_image_path\x18\n \x01(\t\x12\x16\n\x0e\x63riu_work_path\x18\x0b \x01(\t\"!\n\x0eProcessDetails\x12\x0f\n\x07\x65xec_id\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'host_proxy.shim.proto.runc_options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROCESSDETAILS']._serialized_start=64
-  _globals['_PROCESSDETAILS']._serialized_end=97
+  _globals['_OPTIONS']._serialized_start=65
+  _globals['_OPTIONS']._serialized_end=301
+  _globals['_PROCESSDETAILS']._serialized_start=303
+  _globals['_PROCESSDETAILS']._serialized_end=336
 # @@protoc_insertion_point(module_scope)
