@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -74,96 +75,93 @@ def fake_containerd(tmp_path) -> Iterator[FakeContainerd]:
         fake.close()
 
 
-def test_wait_answers_only_after_containerd_took_the_exit_event(tmp_path, fake_containerd: FakeContainerd) -> None:
-    bundle = _process_bundle(tmp_path, ["sh", "-c", "exit 3"])
+@dataclass
+class Served:
+    service: TaskService
+    publisher: Publisher
+    task_id: str
+    create: shim_pb2.CreateTaskRequest
+
+
+@contextlib.contextmanager
+def _served(tmp_path, fake_containerd: FakeContainerd, args: list[str]) -> Iterator[Served]:
+    """A process-isolated task service and the Create request of a busybox bundle running ``args``;
+    afterwards the task is gone (deleted here if the test stopped first): no runc state, no mount."""
+    bundle = _process_bundle(tmp_path, args)
     publisher = Publisher(str(tmp_path / "events.sock"), "default")
-    service = TaskService(publisher, {isolation.PROCESS: process_task})
     task_id = f"uvmexec-shim-test-{os.getpid()}"
-    rootfs = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
-              for mount in bundle.rootfs]
+    served = Served(TaskService(publisher, {isolation.PROCESS: process_task}), publisher, task_id,
+                    shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=_rootfs(bundle)))
     try:
-        service.create(shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=rootfs))
-        answers: list[shim_pb2.WaitResponse] = []
-        waiter = threading.Thread(target=lambda: answers.append(service.wait(shim_pb2.WaitRequest(id=task_id))))
-        waiter.start()
-        service.start(shim_pb2.StartRequest(id=task_id))
-        assert fake_containerd.exit_arrived.wait(30)
-        waiter.join(0.5)  # the exit event is held at containerd: Wait must still be waiting
-        assert answers == [] and waiter.is_alive()
-        fake_containerd.release_exit.set()
-        waiter.join(30)
-        assert [answer.exit_status for answer in answers] == [3]
-        service.delete(shim_pb2.DeleteRequest(id=task_id))
-        publisher.flush()
-        assert fake_containerd.topics == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+        yield served
     finally:
         fake_containerd.release_exit.set()
         with contextlib.suppress(ExecError):  # the test failed before its own delete
-            service.delete(shim_pb2.DeleteRequest(id=task_id))
+            served.service.delete(shim_pb2.DeleteRequest(id=served.task_id))
         publisher.close()
-    assert task_id not in runc_ids()
+    assert served.task_id not in runc_ids()
     assert mounts_at_or_under(bundle.path) == []
+
+
+def _rootfs(bundle: Bundle) -> list[mount_pb2.Mount]:
+    return [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
+            for mount in bundle.rootfs]
+
+
+def _wait_behind_the_exit_event(served: Served, fake_containerd: FakeContainerd, end: Callable[[], object]) -> int:
+    """Wait for the init while ``end()`` ends it: Wait answers only once containerd took /tasks/exit."""
+    answers: list[shim_pb2.WaitResponse] = []
+    waiter = threading.Thread(target=lambda: answers.append(served.service.wait(
+        shim_pb2.WaitRequest(id=served.task_id))))
+    waiter.start()
+    end()
+    assert fake_containerd.exit_arrived.wait(30)
+    waiter.join(0.5)  # the exit event is held at containerd: Wait must still be waiting
+    assert answers == [] and waiter.is_alive()
+    fake_containerd.release_exit.set()
+    waiter.join(30)
+    assert len(answers) == 1
+    return answers[0].exit_status
+
+
+def test_wait_answers_only_after_containerd_took_the_exit_event(tmp_path, fake_containerd: FakeContainerd) -> None:
+    with _served(tmp_path, fake_containerd, ["sh", "-c", "exit 3"]) as served:
+        served.service.create(served.create)
+        assert _wait_behind_the_exit_event(
+            served, fake_containerd, lambda: served.service.start(shim_pb2.StartRequest(id=served.task_id))) == 3
+        served.service.delete(shim_pb2.DeleteRequest(id=served.task_id))
+        served.publisher.flush()
+        assert fake_containerd.topics == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
 
 
 def test_a_task_killed_before_start_exits_once_as_the_runc_shims(tmp_path, fake_containerd: FakeContainerd) -> None:
     """Create runs runc create (a pid, State says CREATED); Kill ends that process; /tasks/exit goes out
     once, before Wait answers, though the init never started; Delete reports the pid and status."""
-    bundle = _process_bundle(tmp_path, ["sleep", "1000"])
-    publisher = Publisher(str(tmp_path / "events.sock"), "default")
-    service = TaskService(publisher, {isolation.PROCESS: process_task})
-    task_id = f"uvmexec-shim-test-{os.getpid()}"
-    rootfs = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
-              for mount in bundle.rootfs]
-    try:
-        pid = service.create(shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=rootfs)).pid
-        assert pid > 0 and os.path.exists(f"/proc/{pid}")
+    with _served(tmp_path, fake_containerd, ["sleep", "1000"]) as served:
+        service, task_id = served.service, served.task_id
+        pid = service.create(served.create).pid
+        assert pid > 0 and not ends_within(pid, 0)
         state = service.state(shim_pb2.StateRequest(id=task_id))
         assert (state.status, state.pid) == (task_types_pb2.CREATED, pid)
         assert [process.pid for process in service.pids(shim_pb2.PidsRequest(id=task_id)).processes] == [pid]
-        answers: list[shim_pb2.WaitResponse] = []
-        waiter = threading.Thread(target=lambda: answers.append(service.wait(shim_pb2.WaitRequest(id=task_id))))
-        waiter.start()
-        service.kill(shim_pb2.KillRequest(id=task_id, signal=9))
-        assert fake_containerd.exit_arrived.wait(30)
-        waiter.join(0.5)  # the exit event is held at containerd: Wait must still be waiting
-        assert answers == [] and waiter.is_alive()
-        fake_containerd.release_exit.set()
-        waiter.join(30)
-        assert [answer.exit_status for answer in answers] == [137]
+        assert _wait_behind_the_exit_event(
+            served, fake_containerd, lambda: service.kill(shim_pb2.KillRequest(id=task_id, signal=9))) == 137
         state = service.state(shim_pb2.StateRequest(id=task_id))
         assert (state.status, state.pid, state.exit_status) == (task_types_pb2.STOPPED, pid, 137)
         deleted = service.delete(shim_pb2.DeleteRequest(id=task_id))
         assert (deleted.pid, deleted.exit_status) == (pid, 137)
-        publisher.flush()
+        served.publisher.flush()
         assert fake_containerd.topics == ["/tasks/create", "/tasks/exit", "/tasks/delete"]
-    finally:
-        fake_containerd.release_exit.set()
-        with contextlib.suppress(ExecError):  # the test failed before its own delete
-            service.delete(shim_pb2.DeleteRequest(id=task_id))
-        publisher.close()
-    assert task_id not in runc_ids()
-    assert mounts_at_or_under(bundle.path) == []
 
 
 def test_a_task_deleted_before_start_publishes_no_exit(tmp_path, fake_containerd: FakeContainerd) -> None:
-    bundle = _process_bundle(tmp_path, ["sleep", "1000"])
-    publisher = Publisher(str(tmp_path / "events.sock"), "default")
-    service = TaskService(publisher, {isolation.PROCESS: process_task})
-    task_id = f"uvmexec-shim-test-{os.getpid()}"
-    rootfs = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
-              for mount in bundle.rootfs]
-    try:
-        pid = service.create(shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=rootfs)).pid
-        deleted = service.delete(shim_pb2.DeleteRequest(id=task_id))
+    with _served(tmp_path, fake_containerd, ["sleep", "1000"]) as served:
+        pid = served.service.create(served.create).pid
+        deleted = served.service.delete(shim_pb2.DeleteRequest(id=served.task_id))
         assert (deleted.pid, deleted.exit_status) == (pid, 0)
         assert ends_within(pid, 0)  # runc delete --force killed it
-        publisher.flush()
+        served.publisher.flush()
         assert fake_containerd.topics == ["/tasks/create", "/tasks/delete"]
-    finally:
-        with contextlib.suppress(ExecError):
-            service.delete(shim_pb2.DeleteRequest(id=task_id))
-        publisher.close()
-    assert task_id not in runc_ids()
 
 
 def _failing_create(service: TaskService, request: shim_pb2.CreateTaskRequest) -> ttrpc.RpcError:
@@ -187,8 +185,7 @@ def test_a_config_json_that_is_not_valid_is_invalid_argument_naming_the_field(
         tmp_path, fake_containerd: FakeContainerd, change, words: str) -> None:
     bundle = _process_bundle(tmp_path, ["true"], change)
     task_id = f"uvmexec-shim-bad-{os.getpid()}"
-    rootfs = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
-              for mount in bundle.rootfs]
+    rootfs = _rootfs(bundle)
     error = _failing_create(_process_service(tmp_path),
                             shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=rootfs))
     assert error.code == ttrpc.INVALID_ARGUMENT and words in error.message, error
@@ -200,8 +197,7 @@ def test_a_config_json_that_is_not_valid_is_invalid_argument_naming_the_field(
 def test_a_rootfs_mount_that_fails_is_refused_and_leaves_no_mount(tmp_path, fake_containerd: FakeContainerd) -> None:
     bundle = _process_bundle(tmp_path, ["true"])
     task_id = f"uvmexec-shim-mount-{os.getpid()}"
-    good = [mount_pb2.Mount(type=mount.type, source=mount.source, options=list(mount.options))
-            for mount in bundle.rootfs]
+    good = _rootfs(bundle)
     bad = mount_pb2.Mount(type="bind", source=str(tmp_path / "no-such-dir"), options=["rbind", "ro"])
     error = _failing_create(_process_service(tmp_path),
                             shim_pb2.CreateTaskRequest(id=task_id, bundle=bundle.path, rootfs=[*good, bad]))
