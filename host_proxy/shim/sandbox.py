@@ -57,6 +57,11 @@ MAX_RUN_DIR = 60  # the QMP and QGA sockets go in it: sun_path is 108 bytes
 DEFAULT_BOOT_TIMEOUT = 120.0
 DEFAULT_MEMORY_MB = 512
 DEFAULT_CPUS = 2
+#: How long the shim waits for the agent in its VM to answer one request (AgentClient's default: 10 s).
+#: A ``start`` runs runc create and start in the guest: under TCG on a loaded host (load 15-18 on two
+#: cores) it took 10.9 s and 11.7 s, and failed the run at 10 s. The connection's own loss detection
+#: (heartbeats, ``reconnect_timeout``) still ends the execs of a guest that is gone.
+AGENT_ANSWER_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,7 @@ class UtilityVM:
             json.dump(info.to_json(), info_file)
         try:
             client = AgentClient.connect(info.agent_endpoint, server_key=info.server_key,
-                                         client_key=info.client_key)
+                                         client_key=info.client_key, timeout=AGENT_ANSWER_TIMEOUT)
         except BaseException:
             self._stop_guest()
             raise
