@@ -269,7 +269,10 @@ def _clear(run_dir: Path) -> list[str]:
     for pid in _pids_naming(f"unix:{qmp_socket},server=on,wait=off"):
         process = QemuProcess.attach(pid, qmp_socket)
         if process is not None:
-            done.append(f"QEMU pid {pid}: {process.stop()}")
+            # Not waiting for its reaping: the shim that started it is dead, so its new parent (init or a
+            # subreaper) reaps it, when it will (init here: every ~2 s), and containerd kills a delete
+            # command after 5 s, which left the share's mounts and the run directory behind.
+            done.append(f"QEMU pid {pid}: {process.stop(reap_timeout=0)}")
     if run_dir.is_dir():
         done.extend(f"unmounted {point}" for point in release_share(run_dir / SHARE_DIR))
         shutil.rmtree(run_dir, ignore_errors=True)

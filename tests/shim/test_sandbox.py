@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +17,19 @@ import pytest
 from host_proxy.client import AgentClient
 from host_proxy.shim import sandbox
 from vm_images.launch import GuestInfo
+from vm_images.qemu import REAP_TIMEOUT
+
+# A stand-in for the QEMU of a SIGKILLed shim: named by its QMP socket's word as QEMU is, it serves the
+# socket and exits when a client connects (as QMP quit ends QEMU).
+FAKE_QEMU = r"""
+import os, socket, sys
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[1])
+listener.listen(1)
+print(os.getpid(), flush=True)
+listener.accept()
+os._exit(0)
+"""
 
 
 class _FakeGuest:
@@ -69,3 +87,35 @@ def test_the_agent_in_a_tcg_guest_gets_longer_than_agentclients_default_to_answe
     assert default == 10.0 and options.get("timeout", default) >= 30, options
     assert options["timeout"] == sandbox.AGENT_ANSWER_TIMEOUT
     assert client.closed and guests[0].stopped and not (tmp_path / "vm").exists()
+
+
+def test_the_delete_after_a_dead_shim_does_not_wait_for_its_qemu_to_be_reaped(tmp_path: Path) -> None:
+    """containerd kills the ``delete`` command after 5 s; init reaps orphans when it will (here every ~2 s).
+    Waiting for the reaping (up to REAP_TIMEOUT, 5 s) got the command killed before it took the mounts
+    off the share and removed the run directory."""
+    run_dir = tmp_path / "vm"
+    (run_dir / "share").mkdir(parents=True)
+    qmp = run_dir / "qmp.sock"
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / sandbox.RECORD_NAME).write_text(json.dumps({"run_dir": str(run_dir)}))
+    # Its parent never reaps it: a zombie once it exited, until the parent ends.
+    parent = subprocess.Popen(
+        ["sh", "-c", '"$0" -c "$1" "$2" "unix:$2,server=on,wait=off" & exec sleep 600',
+         sys.executable, FAKE_QEMU, str(qmp)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    try:
+        fake = os.pidfd_open(int(parent.stdout.readline()))
+        try:
+            started = time.monotonic()
+            done = sandbox.cleanup_after_dead_shim(str(bundle))
+            took = time.monotonic() - started
+        finally:
+            signal.pidfd_send_signal(fake, signal.SIGKILL)  # a zombie or gone by now, unless the test failed
+            os.close(fake)
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+    assert took < REAP_TIMEOUT, (took, done)
+    assert not run_dir.exists(), done
