@@ -36,6 +36,9 @@ MAX_SOCKET_PATH = 100
 SANDBOX_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 LISTEN_FD_ENV = "UVMEXEC_SHIM_LISTEN_FD"
 OPTIONS_ENV = "UVMEXEC_SHIM_OPTIONS_PATH"
+#: The file a hypervisor-isolated bundle names its utility VM in (``sandbox.RECORD_NAME``): ``delete``
+#: imports :mod:`.sandbox` only for a bundle that has one.
+VM_RECORD_NAME = "uvmexec-vm.json"
 LOG = logging.getLogger("containerd-shim-uvmexec-v1")
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -206,14 +209,16 @@ def delete(args: argparse.Namespace) -> int:
     containerd also runs this after a clean Shutdown, and after the delete of one container of
     a pod whose shim still serves the others: a shim that answers keeps its VM and socket.
     """
-    from .sandbox import cleanup_after_dead_shim
     from .wire import delete_response  # not protobuf: this short-lived command is on containerd's path
 
     bundle = args.bundle or os.getcwd()
     path = socket_path(args.address, args.namespace, group_of(bundle, args.id))
     if not _alive(path):
-        for done in cleanup_after_dead_shim(bundle):
-            LOG.info("delete %s: %s", args.id, done)
+        if os.path.exists(os.path.join(bundle, VM_RECORD_NAME)):  # sandbox.py's imports only when a VM was named
+            from .sandbox import cleanup_after_dead_shim
+
+            for done in cleanup_after_dead_shim(bundle):
+                LOG.info("delete %s: %s", args.id, done)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     if args.id:

@@ -57,6 +57,11 @@ MAX_RUN_DIR = 60  # the QMP and QGA sockets go in it: sun_path is 108 bytes
 DEFAULT_BOOT_TIMEOUT = 120.0
 DEFAULT_MEMORY_MB = 512
 DEFAULT_CPUS = 2
+#: How long the shim waits for the agent in its VM to answer one request (AgentClient's default: 10 s).
+#: A ``start`` runs runc create and start in the guest: under TCG on a loaded host (load 15-18 on two
+#: cores) it took 10.9 s and 11.7 s, and failed the run at 10 s. The connection's own loss detection
+#: (heartbeats, ``reconnect_timeout``) still ends the execs of a guest that is gone.
+AGENT_ANSWER_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,7 @@ class UtilityVM:
             json.dump(info.to_json(), info_file)
         try:
             client = AgentClient.connect(info.agent_endpoint, server_key=info.server_key,
-                                         client_key=info.client_key)
+                                         client_key=info.client_key, timeout=AGENT_ANSWER_TIMEOUT)
         except BaseException:
             self._stop_guest()
             raise
@@ -265,7 +270,10 @@ def _clear(run_dir: Path) -> list[str]:
     for pid in _pids_naming(f"unix:{qmp_socket},server=on,wait=off"):
         process = QemuProcess.attach(pid, qmp_socket)
         if process is not None:
-            done.append(f"QEMU pid {pid}: {process.stop()}")
+            # Not waiting for its reaping: the shim that started it is dead, so its new parent (init or a
+            # subreaper) reaps it, when it will (init here: every ~2 s), and containerd kills a delete
+            # command after 5 s, which left the share's mounts and the run directory behind.
+            done.append(f"QEMU pid {pid}: {process.stop(reap_timeout=0)}")
     if run_dir.is_dir():
         done.extend(f"unmounted {point}" for point in release_share(run_dir / SHARE_DIR))
         shutil.rmtree(run_dir, ignore_errors=True)
