@@ -18,7 +18,7 @@ from vm_images import image, settings
 from vm_images.cache import BuildError, Progress, ensure_step, tree_digest
 from vm_images.image import BUILD_SOURCES, LAUNCH_SOURCES, MANIFEST, PACKAGE_DIR, ImagePaths, secure_cache
 from vm_images.initrd import CpioWriter
-from vm_images.kernel import extract_vmlinux
+from vm_images.kernel import KernelPackage, extract_vmlinux
 from vm_images.keys import generate_keys, guest_bundle
 from vm_images.qemu import QemuConfig
 from vm_images.stage import GUEST_FILES, render
@@ -303,7 +303,12 @@ def test_the_kernel_resolution_is_apts_and_is_asked_again_only_when_apt_changes(
     asked = image.resolve_kernel_kept(memo)  # the real apt (two apt-cache runs, a second of CPU each)
     assert asked.name.startswith("linux-image-") and asked.version
     calls: list[int] = []
-    monkeypatch.setattr(image, "resolve_kernel", lambda: calls.append(1) or asked)  # counts the asks of apt
+
+    def ask_apt() -> KernelPackage:  # counts the asks of apt
+        calls.append(1)
+        return asked
+
+    monkeypatch.setattr(image, "resolve_kernel", ask_apt)
     assert image.resolve_kernel_kept(memo) == asked and calls == []  # apt unchanged: the memo answers
     # apt's lists change (an `apt-get update` that brought a new list): asked again.
     monkeypatch.setattr(image, "APT_STATE_PATHS", (*image.APT_STATE_PATHS, str(tmp_path / "lists")))
