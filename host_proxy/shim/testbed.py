@@ -298,6 +298,8 @@ def stop_containerd(daemon: Containerd) -> Leftovers:
         except ProcessLookupError:
             pass
     found.mounts = _mounts_under(daemon.directory)
+    for point in sorted(found.mounts, key=len, reverse=True):  # off first: rmtree would reach through a mount
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=30)
     sockets = os.path.join(daemon.directory, "uvmexec-s")
     found.sockets = os.listdir(sockets) if os.path.isdir(sockets) else []
     vms = os.path.join(daemon.directory, "uvmexec-vm")
