@@ -13,7 +13,8 @@ cache key, and the tests serve it on a fixed loopback port when they can.
 ``TEST_RUNTIME`` naming the runtime, and parses the ``-test.v`` output into a
 :class:`Result` per top-level test. A run that dies (a panic, the binary's
 own timeout) fails the tests that were running then, and the ones that had
-not run yet are run again.
+not run yet are run again. With ``UVMEXEC_SUITE_LOG=FILE`` in the environment,
+each run's whole output is appended to FILE.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ BUILD_TIMEOUT = 1800
 #: Per run of the binary (its own ``-test.timeout`` is a little shorter, so it reports which test hung).
 RUN_TIMEOUT = 900
 TAIL_LINES = 40
+#: A file each run of the binary appends its whole ``-test.v`` output to, if set (the report keeps only tails).
+OUTPUT_LOG_VARIABLE = "UVMEXEC_SUITE_LOG"
 
 _MARK = re.compile(r"^=== (RUN|PAUSE|CONT|NAME)\s+(\S+)")
 _RESULT = re.compile(r"^--- (PASS|FAIL|SKIP): (\S+) \(")
@@ -146,20 +149,26 @@ def parse(output: str) -> tuple[dict[str, Result], dict[str, list[str]], set[str
     return verdicts, lines, running
 
 
-def run_suite(binary: str, daemon: Containerd, runtime: str, tests: list[str]) -> dict[str, Result]:
-    """Run ``tests`` against ``daemon`` with ``runtime``: a Result for each one."""
+def run_suite(binary: str, daemon: Containerd, runtime: str, tests: list[str], *, parallel: int | None = None,
+              timeout: float = RUN_TIMEOUT) -> dict[str, Result]:
+    """Run ``tests`` against ``daemon`` with ``runtime``: a Result for each one.
+
+    ``parallel``: Go's ``-test.parallel`` (default: the binary's, GOMAXPROCS); ``timeout``: per run of the
+    binary (its own ``-test.timeout`` is a minute shorter)."""
     scratch = os.path.join(daemon.directory, "suite")
     os.makedirs(os.path.join(scratch, "tmp"), exist_ok=True)
     env = dict(daemon.env, TEST_RUNTIME=runtime, TMPDIR=os.path.join(scratch, "tmp"))
     results: dict[str, Result] = {}
     remaining = list(tests)
     while remaining:
-        command = [binary, "-test.root", "-test.v", "-test.timeout", f"{RUN_TIMEOUT - 60}s", "-no-daemon", "-no-criu",
+        command = [binary, "-test.root", "-test.v", "-test.timeout", f"{timeout - 60:.0f}s", "-no-daemon", "-no-criu",
                    "-address", daemon.address, "-test.run", "^(" + "|".join(remaining) + ")$"]
+        if parallel is not None:
+            command[1:1] = ["-test.parallel", str(parallel)]
         process = subprocess.Popen(command, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            output, _ = process.communicate(timeout=RUN_TIMEOUT)
+            output, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             output, _ = process.communicate()
@@ -167,6 +176,9 @@ def run_suite(binary: str, daemon: Containerd, runtime: str, tests: list[str]) -
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)  # anything the tests started and left (daemons of their own)
         text = output.decode(errors="replace")
+        if os.environ.get(OUTPUT_LOG_VARIABLE):
+            with open(os.environ[OUTPUT_LOG_VARIABLE], "a") as log:
+                log.write(f"$ TEST_RUNTIME={runtime} {' '.join(command)}\n{text}\n(exit status {process.returncode})\n")
         verdicts, lines, running = parse(text)
         results.update({name: verdict for name, verdict in verdicts.items() if name in remaining})
         missing = [name for name in remaining if name not in verdicts]
