@@ -62,6 +62,11 @@ DEFAULT_CPUS = 2
 #: cores) it took 10.9 s and 11.7 s, and failed the run at 10 s. The connection's own loss detection
 #: (heartbeats, ``reconnect_timeout``) still ends the execs of a guest that is gone.
 AGENT_ANSWER_TIMEOUT = 60.0
+#: How long the shim waits for a lost connection to its VM's agent to come back before it ends the
+#: VM's execs (AgentClient's default: 30 s). A guest starved under TCG may miss libzmq's heartbeats and
+#: take several handshakes to reconnect: "unreachable for 30s" failed a Start of containerd's suite at
+#: load 10. A guest that is gone is caught at once anyway, by the watcher of QEMU's pidfd.
+AGENT_RECONNECT_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,8 @@ class UtilityVM:
             json.dump(info.to_json(), info_file)
         try:
             client = AgentClient.connect(info.agent_endpoint, server_key=info.server_key,
-                                         client_key=info.client_key, timeout=AGENT_ANSWER_TIMEOUT)
+                                         client_key=info.client_key, timeout=AGENT_ANSWER_TIMEOUT,
+                                         reconnect_timeout=AGENT_RECONNECT_TIMEOUT)
         except BaseException:
             self._stop_guest()
             raise

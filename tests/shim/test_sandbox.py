@@ -64,6 +64,7 @@ def test_the_agent_in_a_tcg_guest_gets_longer_than_agentclients_default_to_answe
     """A ``start`` (runc create and start in the guest) took 11-12 s under TCG on a loaded host: with
     AgentClient's default of 10 s, ``ctr run`` failed with "did not answer 'start' within 10s"."""
     default = inspect.signature(AgentClient.connect).parameters["timeout"].default
+    reconnect_default = inspect.signature(AgentClient.connect).parameters["reconnect_timeout"].default
     connected: list[dict[str, Any]] = []
     client = _FakeClient()
 
@@ -86,6 +87,7 @@ def test_the_agent_in_a_tcg_guest_gets_longer_than_agentclients_default_to_answe
     (options,) = connected
     assert default == 10.0 and options.get("timeout", default) >= 30, options
     assert options["timeout"] == sandbox.AGENT_ANSWER_TIMEOUT
+    assert options["reconnect_timeout"] == sandbox.AGENT_RECONNECT_TIMEOUT > reconnect_default
     assert client.closed and guests[0].stopped and not (tmp_path / "vm").exists()
 
 
