@@ -11,6 +11,8 @@ import signal
 import time
 from collections.abc import Iterable
 
+from host_proxy.shim.testbed import descendants as descendants  # the process tree walk, written once
+
 
 def proc_stat(pid: int) -> tuple[str, int] | None:
     """``(state, ppid)`` of a process, or None if it is gone."""
@@ -41,23 +43,6 @@ def children(pid: int) -> dict[int, str]:
 
 def zombies(pid: int) -> list[int]:
     return sorted(child for child, state in children(pid).items() if state == "Z")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (zombies excluded)."""
-    table = all_processes()
-    found: list[int] = []
-    frontier = [pid]
-    seen = {pid}
-    while frontier:
-        parent = frontier.pop()
-        for child, (state, ppid) in table.items():
-            if ppid == parent and child not in seen:
-                seen.add(child)
-                frontier.append(child)
-                if state != "Z":
-                    found.append(child)
-    return found
 
 
 def wait_exited(pids: Iterable[int], timeout: float = 30.0) -> None:
